@@ -1,0 +1,309 @@
+"""Agent configurations: one Markdown file per agent in `prompts/`, validated once at start.
+
+A file is YAML front matter (fields) followed by the instructions written as prose:
+
+    ---
+    id: support
+    name: Acme support
+    greeting: Hi {customer_name}, how can I help?
+    placeholders: {customer_name: there}
+    ---
+    You are the voice of Acme support...
+
+Every problem is reported as `file: field: message`, all files at once, so a broken config stops
+the worker at start instead of failing during a call.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
+
+PLACEHOLDER_MAX_LEN = 200
+
+
+class ConfigError(Exception):
+    """One or more invalid agent files; each line names the file and the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid agent configuration:\n  " + "\n  ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0, le=120)]
+
+
+class _ProviderBase(_Strict):
+    """One provider of a stage. The first entry of a stage is primary, the rest are fallbacks."""
+
+    model: str | None = None
+    base_url: str | None = Field(default=None, pattern=r"^(https?|wss?)://\S+$")
+    timeout: Seconds = 5.0
+    """Seconds for one attempt to connect (and, for the LLM, between streamed chunks)."""
+    retries: Annotated[int, Field(ge=0, le=5)] = 1
+    retry_interval: Annotated[float, Field(ge=0, le=10)] = 0.5
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for the provider's LiveKit plugin, checked at start."""
+
+
+class DeepgramSTT(_ProviderBase):
+    provider: Literal["deepgram"]
+
+
+class OpenAILLM(_ProviderBase):
+    provider: Literal["openai"]
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=4096)] | None = None
+
+
+class ElevenLabsTTS(_ProviderBase):
+    provider: Literal["elevenlabs"]
+    voice: str | None = None
+
+
+STTProvider = Annotated[DeepgramSTT, Field(discriminator="provider")]
+LLMProvider = Annotated[OpenAILLM, Field(discriminator="provider")]
+TTSProvider = Annotated[ElevenLabsTTS, Field(discriminator="provider")]
+ProviderEntry = DeepgramSTT | OpenAILLM | ElevenLabsTTS
+
+
+class Endpointing(_Strict):
+    min_delay: Annotated[float, Field(ge=0, le=5)] = 0.3
+    """Seconds of silence after speech before the user's turn can end."""
+    max_delay: Annotated[float, Field(ge=0, le=10)] = 2.5
+
+
+class Interruption(_Strict):
+    enabled: bool = True
+    min_duration: Annotated[float, Field(ge=0, le=5)] = 0.2
+    """Seconds of caller speech over the agent before it pauses (it resumes on a false alarm)."""
+    min_words: Annotated[int, Field(ge=0, le=20)] = 0
+    false_interruption_timeout: Annotated[float, Field(gt=0, le=10)] | None = 1.5
+    """Seconds without a transcript after which a pause counts as a false interruption."""
+    resume_false_interruption: bool = True
+
+
+class TurnTaking(_Strict):
+    detection: Literal["vad", "stt"] = "vad"
+    """`vad`: Silero decides when the caller stopped; `stt`: the STT's endpointing does."""
+    endpointing: Endpointing = Endpointing()
+    interruption: Interruption = Interruption()
+    greeting_interruptible: bool = False
+    aec_warmup: Annotated[float, Field(ge=0, le=10)] = 1.0
+    """Seconds at the start of the first agent speech during which barge-in is ignored."""
+    preemptive_generation: bool = True
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> TurnTaking:
+        if self.endpointing.max_delay < self.endpointing.min_delay:
+            raise ValueError("endpointing.max_delay must be >= endpointing.min_delay")
+        return self
+
+
+class Limits(_Strict):
+    max_duration: Annotated[int, Field(ge=10, le=4 * 3600)] = 1800
+    """Seconds a call may last; then a goodbye and `call_ended{max_duration}`."""
+    idle_timeout: Annotated[int, Field(ge=5, le=3600)] = 30
+    """Seconds with no speech from either side before one reprompt, then a goodbye."""
+    join_timeout: Annotated[int, Field(ge=1, le=600)] = 30
+    """Seconds to wait for the caller to join the room."""
+
+
+class Messages(_Strict):
+    """Fixed lines the agent speaks without asking the LLM: deterministic and instant."""
+
+    reprompt: str = "Are you still there?"
+    idle_goodbye: str = "It seems you've stepped away. Goodbye for now."
+    max_duration_goodbye: str = "We've reached the time limit for this call. Thank you, goodbye."
+    shutdown_goodbye: str = "I'm sorry, I have to end the call now. Please call back in a moment."
+
+
+class AgentConfig(_Strict):
+    id: str = Field(min_length=1, max_length=MAX_AGENT_ID_LEN)
+    name: str = Field(min_length=1, max_length=200)
+    language: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    greeting: str = Field(min_length=1, max_length=1000)
+    instructions: str = Field(min_length=1)
+    placeholders: dict[str, str] = Field(default_factory=dict)
+    stt: list[STTProvider] = Field(min_length=1, max_length=4)
+    llm: list[LLMProvider] = Field(min_length=1, max_length=4)
+    tts: list[TTSProvider] = Field(min_length=1, max_length=4)
+    turn_taking: TurnTaking = TurnTaking()
+    limits: Limits = Limits()
+    messages: Messages = Messages()
+    source: str = Field(default="", exclude=True)
+    """The file this config came from (set by the loader, used in error messages)."""
+
+    @field_validator("id")
+    @classmethod
+    def _id_routable(cls, value: str) -> str:
+        if not AGENT_ID_RE.fullmatch(value):
+            raise ValueError("may only hold letters, digits and '-' (it appears in room names)")
+        return value
+
+    @field_validator("placeholders")
+    @classmethod
+    def _placeholder_defaults(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, default in value.items():
+            if not key.isidentifier():
+                raise ValueError(f"placeholder name {key!r} must be an identifier")
+            if len(default) > PLACEHOLDER_MAX_LEN:
+                raise ValueError(f"default of {key!r} is longer than {PLACEHOLDER_MAX_LEN}")
+        return value
+
+    @model_validator(mode="after")
+    def _placeholders_have_defaults(self) -> AgentConfig:
+        for where, text in self.templates():
+            for name in template_fields(text, where):
+                if name not in self.placeholders:
+                    raise ValueError(
+                        f"{where}: uses placeholder {{{name}}} with no default in 'placeholders'"
+                    )
+        return self
+
+    def templates(self) -> Iterator[tuple[str, str]]:
+        """Every text that may hold `{placeholders}`, with the field it came from."""
+        yield "instructions", self.instructions
+        yield "greeting", self.greeting
+        for name, text in self.messages.model_dump().items():
+            yield f"messages.{name}", text
+
+    def render(self, text: str, values: Mapping[str, str]) -> str:
+        """`text` with placeholders filled from `values`, falling back to the config defaults."""
+        return text.format_map({**self.placeholders, **values})
+
+
+def template_fields(text: str, where: str = "text") -> list[str]:
+    """Placeholder names used by `text` (`{{`/`}}` are literal braces); rejects anything but
+    plain `{name}` so untrusted values can never reach attribute or index lookups."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc} (write literal braces as '{{{{' and '}}}}')") from None
+    for _literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ValueError(f"{where}: placeholder {{{name}}} must be a plain {{name}}")
+        names.append(name)
+    return names
+
+
+class AgentRegistry:
+    """The configured agents, by id; lookups follow the routing rules (exact id, else a unique
+    prefix of 8+ characters)."""
+
+    def __init__(self, agents: list[AgentConfig]) -> None:
+        self._agents = {agent.id: agent for agent in agents}
+
+    def __iter__(self) -> Iterator[AgentConfig]:
+        return iter(self._agents.values())
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def get(self, requested_id: str) -> AgentConfig:
+        """The agent a room's agent id names; raises `RoutingError` when none or several match."""
+        return self._agents[resolve_agent_id(requested_id, self._agents)]
+
+
+def load_agent_file(path: Path) -> AgentConfig:
+    """Parse and validate one agent file; raises `ConfigError` naming the file and fields."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    fields, body = _split_front_matter(path, text)
+    data = {**fields, "instructions": body, "source": str(path)}
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{path}: {_describe(err)}" for err in exc.errors()]) from None
+
+
+def load_registry(directory: Path) -> AgentRegistry:
+    """Load every `*.md` in `directory` (names starting with `_` or `.` are skipped)."""
+    if not directory.is_dir():
+        raise ConfigError([f"{directory}: prompts directory not found (set WORKER_PROMPTS_DIR)"])
+    problems: list[str] = []
+    agents: list[AgentConfig] = []
+    for path in sorted(directory.glob("*.md")):
+        if path.name.startswith(("_", ".")):
+            continue
+        try:
+            agents.append(load_agent_file(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if not agents and not problems:
+        problems.append(f"{directory}: no agent files (*.md)")
+    by_id: dict[str, AgentConfig] = {}
+    for agent in agents:
+        if agent.id in by_id:
+            problems.append(
+                f"{agent.source}: id: {agent.id!r} is also used by {by_id[agent.id].source}"
+            )
+        by_id[agent.id] = agent
+    for first, second in ambiguous_prefixes(by_id):
+        problems.append(
+            f"{by_id[second].source}: id: {second!r} shares its first 8 characters with {first!r} "
+            f"({by_id[first].source}); room names carrying that prefix could not be routed"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return AgentRegistry(list(by_id.values()))
+
+
+def _split_front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        raise ConfigError([f"{path}: must start with a '---' line opening the YAML front matter"])
+    try:
+        end = next(i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---")
+    except StopIteration:
+        raise ConfigError([f"{path}: front matter is not closed by a '---' line"]) from None
+    try:
+        fields = yaml.safe_load("\n".join(lines[1:end])) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            [f"{path}: front matter is not valid YAML: {_one_line(str(exc))}"]
+        ) from None
+    if not isinstance(fields, dict):
+        raise ConfigError([f"{path}: front matter must be a mapping of fields"])
+    if "instructions" in fields:
+        raise ConfigError([f"{path}: instructions: write them as the body, after the front matter"])
+    return fields, "\n".join(lines[end + 1 :]).strip()
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(
+        f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]
+    ).replace(".[", "[")
+    # discriminated unions add the tag to the location (stt[0].deepgram.model): drop it
+    for tag in ("deepgram.", "openai.", "elevenlabs."):
+        location = location.replace(tag, "")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    # model-level checks name their field at the start of the message themselves
+    return f"{location}: {_one_line(message)}" if location else _one_line(message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
