@@ -1,0 +1,174 @@
+"""A call harness: the worker's own `run_call` over the in-process transport, with fake
+providers, fixture audio paced in real time, the agent's audio on a timeline and every client
+event decoded for assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from livekit.agents import APIConnectOptions, vad
+from livekit.agents.voice.agent_session import SessionConnectOptions
+
+from tests.fakes import FakeLLM, FakeSTT, FakeTTS, rms
+from worker.call import CallResult, CallSetup, run_call
+from worker.config import AgentConfig
+from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
+from worker.providers import Providers
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A fixture recording and its manifest (see tests/fixtures/make_fixtures.py)."""
+
+    samples: np.ndarray
+    rate: int
+    utterances: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, name: str) -> Recording:
+        manifest = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text(encoding="utf-8"))
+        with wave.open(str(FIXTURES / manifest["file"])) as w:
+            samples = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+            rate = w.getframerate()
+        return cls(samples, rate, {u["id"]: u for u in manifest["utterances"]})
+
+    def clip(self, utterance_id: str) -> np.ndarray:
+        u = self.utterances[utterance_id]
+        return self.samples[int(u["start"] * self.rate) : int(u["end"] * self.rate)]
+
+    def text(self, utterance_id: str) -> str:
+        return str(self.utterances[utterance_id]["text"])
+
+
+def make_agent(**overrides: Any) -> AgentConfig:
+    """A valid agent config for tests; nested dicts in `overrides` merge into the defaults."""
+    data: dict[str, Any] = {
+        "id": "test-agent",
+        "name": "Test agent",
+        "greeting": "Hello, this is the test agent.",
+        "instructions": "You are a test agent.",
+        "stt": [{"provider": "deepgram"}],
+        "llm": [{"provider": "openai"}],
+        "tts": [{"provider": "elevenlabs"}],
+        "turn_taking": {"aec_warmup": 0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return AgentConfig.model_validate(data)
+
+
+class CallHarness:
+    """One call through `run_call`; use as `async with CallHarness(...) as call:`."""
+
+    def __init__(
+        self,
+        agent: AgentConfig,
+        *,
+        vad_model: vad.VAD,
+        stt: FakeSTT,
+        llm: FakeLLM,
+        tts: FakeTTS,
+        metadata: str = "",
+        shutdown: asyncio.Event | None = None,
+    ) -> None:
+        self.agent = agent
+        self.stt, self.llm, self.tts = stt, llm, tts
+        self.clock = CallClock()
+        self.audio_in = PacedAudioInput(self.clock)
+        self.speaker = VirtualSpeaker(self.clock)
+        self.events: list[Event] = []
+        self._new_event = asyncio.Event()
+        self.transport = LocalTransport(
+            audio_in=self.audio_in, speaker=self.speaker, on_event=self._on_event
+        )
+        quick = APIConnectOptions(max_retry=0, timeout=5)
+        self.setup = CallSetup(
+            agent=agent,
+            call_id="CA_test",
+            vad=vad_model,
+            providers=Providers(
+                stt=stt,
+                llm=llm,
+                tts=tts,
+                conn_options=SessionConnectOptions(
+                    stt_conn_options=quick, llm_conn_options=quick, tts_conn_options=quick
+                ),
+            ),
+            metadata=metadata,
+            shutdown=shutdown,
+        )
+        self._task: asyncio.Task[CallResult | None] | None = None
+
+    async def __aenter__(self) -> CallHarness:
+        self._task = asyncio.create_task(run_call(self.setup, self.transport))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        if not self._task.done():
+            self.transport.hang_up("test finished")
+            done, _ = await asyncio.wait({self._task}, timeout=10)
+            if not done:
+                self._task.cancel()
+
+    def _on_event(self, packet: bytes) -> None:
+        self.events.append(json.loads(packet))
+        self._new_event.set()
+
+    # --- what the caller does -------------------------------------------------------------------
+
+    def play(self, samples: np.ndarray) -> asyncio.Future[float]:
+        return self.audio_in.play(samples)
+
+    # --- what the caller gets -------------------------------------------------------------------
+
+    async def wait_event(
+        self, match: Callable[[Event], bool], *, timeout: float = 10.0, after: int = 0
+    ) -> Event:
+        """The first event at index >= `after` matching `match`, waiting for it if needed."""
+        async with asyncio.timeout(timeout):
+            index = after
+            while True:
+                while index < len(self.events):
+                    if match(self.events[index]):
+                        return self.events[index]
+                    index += 1
+                self._new_event.clear()
+                await self._new_event.wait()
+
+    def of_type(self, type_: str, **fields: Any) -> list[Event]:
+        return [
+            e
+            for e in self.events
+            if e["type"] == type_ and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    async def result(self, timeout: float = 15.0) -> CallResult | None:
+        assert self._task is not None
+        return await asyncio.wait_for(asyncio.shield(self._task), timeout)
+
+    def agent_rms(self, start: float, end: float) -> float:
+        """Loudness of the agent's audio between two call times (seconds)."""
+        rate = self.speaker.sample_rate or 24000
+        return rms(self.speaker.timeline[int(start * rate) : int(end * rate)])
+
+    def now(self) -> float:
+        return self.clock.now()
+
+
+def is_type(type_: str, **fields: Any) -> Callable[[Event], bool]:
+    return lambda e: e["type"] == type_ and all(e.get(k) == v for k, v in fields.items())

@@ -1,0 +1,492 @@
+"""One call, whatever carries it: events to the client, limits, goodbyes, and a single ending.
+
+`run_call` takes its transport as a parameter. A transport brings the caller (audio in, audio out
+with pause/resume through a `TranscriptSynchronizer`), delivers client events, reports what the
+caller does (data packets, leaving) and releases what it holds when the call ends. A LiveKit room
+is the production transport; file and test transports reuse everything here unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from livekit.agents import AgentSession, vad
+from livekit.agents.llm import ChatMessage
+from livekit.agents.voice import events as lk_events
+from livekit.agents.voice.speech_handle import SpeechHandle
+
+from .agent import VoiceAgent
+from .config import AgentConfig
+from .pipeline import build_session
+from .placeholders import placeholder_values
+from .protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
+from .providers import Providers
+
+logger = logging.getLogger("worker.call")
+
+GOODBYE_TIMEOUT = 10.0
+"""A goodbye the worker speaks on its own (limits, shutdown) never holds the call longer."""
+FLUSH_TIMEOUT = 2.0
+"""How long the last events may take to leave before the transport is released anyway."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+class CallListener(ABC):
+    """What a transport reports about the caller's side of the call."""
+
+    @abstractmethod
+    def data_received(self, data: bytes, *, sender: str | None, topic: str) -> None: ...
+
+    @abstractmethod
+    def caller_left(self, detail: str) -> None: ...
+
+    @abstractmethod
+    def transport_lost(self, reason: EndReason, detail: str) -> None: ...
+
+
+class CallTransport(ABC):
+    """How a call meets its caller."""
+
+    label = "transport"
+
+    def __init__(self) -> None:
+        self.listener: CallListener | None = None
+
+    @abstractmethod
+    async def wait_for_caller(self, timeout: float) -> Caller | None:
+        """The caller once present, or None if nobody came within `timeout` seconds."""
+
+    @abstractmethod
+    async def start(self, session: AgentSession[Any], agent: VoiceAgent, caller: Caller) -> None:
+        """Wire audio in and out for `caller` and start `session` with `agent`."""
+
+    @abstractmethod
+    async def send(self, packet: bytes) -> None:
+        """Deliver one client event, reliably and in order."""
+
+    @abstractmethod
+    async def close(self, reason: EndReason | None) -> None:
+        """Release the transport (leave the room, close files). Called once, last."""
+
+
+@dataclass
+class CallSetup:
+    """Everything a call needs besides its transport."""
+
+    agent: AgentConfig
+    call_id: str
+    vad: vad.VAD
+    providers: Providers
+    metadata: str = ""
+    """The dispatch metadata (a JSON object whose keys fill placeholders)."""
+    shutdown: asyncio.Event | None = None
+    """Set when the worker is shutting down: the call says goodbye and ends."""
+    log_fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CallResult:
+    reason: EndReason
+    duration: float
+    user_turns: int
+    agent_turns: int
+    interruptions: int
+
+
+async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | None:
+    """Run one call to its end over `transport`; None if the caller never joined."""
+    log = logging.LoggerAdapter(logger, {"call_id": setup.call_id, **setup.log_fields})
+    session = build_session(setup.agent, setup.providers, setup.vad)
+    setup.providers.tts.prewarm()  # connect to the TTS while the caller is still joining
+
+    caller = await transport.wait_for_caller(setup.agent.limits.join_timeout)
+    if caller is None:
+        log.warning(
+            "no caller joined within %ss, ending without a call", setup.agent.limits.join_timeout
+        )
+        await _close_providers(setup.providers)
+        await transport.close(None)
+        return None
+
+    values = placeholder_values(setup.agent, metadata=setup.metadata, attributes=caller.attributes)
+    call = Call(setup, session, transport, caller, log)
+    agent = VoiceAgent(
+        instructions=setup.agent.render(setup.agent.instructions, values),
+        greeting=setup.agent.render(setup.agent.greeting, values),
+        greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
+        on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
+    )
+    call.goodbyes = {
+        name: setup.agent.render(text, values)
+        for name, text in setup.agent.messages.model_dump().items()
+    }
+    return await call.run(agent)
+
+
+async def _close_providers(providers: Providers) -> None:
+    for provider in (providers.stt, providers.llm, providers.tts):
+        with contextlib.suppress(Exception):
+            await provider.aclose()
+
+
+@dataclass
+class _Ending:
+    reason: EndReason
+    detail: str
+    goodbye: str | None
+
+
+class Call(CallListener):
+    """Turns session events into client events and owns the call's one ending."""
+
+    def __init__(
+        self,
+        setup: CallSetup,
+        session: AgentSession[Any],
+        transport: CallTransport,
+        caller: Caller,
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.setup = setup
+        self.session = session
+        self.transport = transport
+        self.caller = caller
+        self.log = log
+        self.goodbyes: dict[str, str] = {}
+        self._encoder = EventEncoder(setup.call_id)
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._ending: asyncio.Future[_Ending] = asyncio.get_running_loop().create_future()
+        self._started_at = time.monotonic()
+        self._closed_outbox = False
+        # idle tracking: a timer runs only while neither side speaks nor the agent thinks
+        self._agent_state = "initializing"
+        self._user_speaking = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._reprompted = False
+        # the user's turn so far, for interim transcripts
+        self._turn_finals: list[str] = []
+        # summary
+        self._user_turns = 0
+        self._agent_turns = 0
+        self._interruptions = 0
+        self._latencies: list[dict[str, float]] = []
+        transport.listener = self
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, agent: VoiceAgent) -> CallResult:
+        sender = asyncio.create_task(self._send_loop(), name="call_events")
+        watchers = [asyncio.create_task(self._max_duration(), name="call_max_duration")]
+        if self.setup.shutdown is not None:
+            watchers.append(asyncio.create_task(self._on_shutdown(self.setup.shutdown)))
+        self._subscribe()
+        self._emit(self._encoder.agent_state("initializing"))
+        try:
+            await self.transport.start(self.session, agent, self.caller)
+            self._started_at = time.monotonic()
+            self.log.info("call started", extra={"caller": self.caller.identity})
+        except Exception as exc:
+            self.log.exception("call failed to start")
+            self.request_end(EndReason.ERROR, detail=f"start failed: {exc}")
+        ending = await self._ending
+        for watcher in watchers:
+            watcher.cancel()
+        result = await self._finish(ending)
+        await _wait_bounded(sender, FLUSH_TIMEOUT)
+        await self._close_session()
+        await self.transport.close(ending.reason)
+        return result
+
+    def request_end(
+        self,
+        reason: EndReason,
+        *,
+        detail: str = "",
+        goodbye: str | None = None,
+        stop_audio: bool = False,
+    ) -> None:
+        """End the call (the first request wins); `stop_audio` silences the agent at once."""
+        if self._ending.done():
+            self.log.debug("ignoring end request %s: already ending", reason.value)
+            return
+        if stop_audio:
+            self._interrupt()
+        self._ending.set_result(_Ending(reason, detail, goodbye))
+
+    async def _finish(self, ending: _Ending) -> CallResult:
+        self._cancel_idle_timer()
+        with contextlib.suppress(RuntimeError):
+            self.session.input.set_audio_enabled(False)  # no new turns while ending
+        if ending.goodbye and self.session.output.audio is not None:
+            await self._say_goodbye(ending.goodbye)
+        duration = time.monotonic() - self._started_at
+        self._emit(self._encoder.agent_state("idle"))
+        self._emit(self._encoder.call_ended(duration, ending.reason))
+        self._close_outbox()
+        result = CallResult(
+            ending.reason, duration, self._user_turns, self._agent_turns, self._interruptions
+        )
+        self._log_summary(result, ending.detail)
+        return result
+
+    async def _say_goodbye(self, text: str) -> None:
+        self._interrupt()
+        try:
+            handle = self.session.say(text, allow_interruptions=False)
+        except RuntimeError:
+            return  # the session is not running any more: nothing can be said
+        try:
+            await asyncio.wait_for(handle.wait_for_playout(), GOODBYE_TIMEOUT)
+        except TimeoutError:
+            self.log.warning("goodbye did not finish within %ss, cutting it", GOODBYE_TIMEOUT)
+            handle.interrupt(force=True)
+        await asyncio.sleep(0)  # let the goodbye's transcript event be queued first
+
+    def _interrupt(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.session.interrupt(force=True)
+
+    async def _close_session(self) -> None:
+        try:
+            await asyncio.wait_for(self.session.aclose(), 10)
+        except Exception:
+            self.log.exception("session did not close cleanly")
+
+    async def _max_duration(self) -> None:
+        await asyncio.sleep(self.setup.agent.limits.max_duration)
+        self.request_end(
+            EndReason.MAX_DURATION,
+            detail=f"{self.setup.agent.limits.max_duration}s limit",
+            goodbye=self.goodbyes.get("max_duration_goodbye"),
+        )
+
+    async def _on_shutdown(self, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
+        self.request_end(
+            EndReason.WORKER_SHUTDOWN,
+            detail="worker shutting down",
+            goodbye=self.goodbyes.get("shutdown_goodbye"),
+        )
+
+    # --- transport reports ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes, *, sender: str | None, topic: str) -> None:
+        if topic not in (TOPIC, ""):
+            return  # other features' topics are none of our business
+        if sender != self.caller.identity:
+            self.log.warning(
+                "ignoring data message from %r: only the caller %r may control the call",
+                sender,
+                self.caller.identity,
+            )
+            return
+        try:
+            control = parse_control(data)
+        except ControlError as exc:
+            self.log.warning("ignoring data message from the caller on topic %r: %s", topic, exc)
+            return
+        self.request_end(
+            EndReason.CLIENT_ENDED, detail=f"caller sent {control.value}", stop_audio=True
+        )
+
+    def caller_left(self, detail: str) -> None:
+        self.request_end(EndReason.CALLER_LEFT, detail=detail, stop_audio=True)
+
+    def transport_lost(self, reason: EndReason, detail: str) -> None:
+        self.request_end(reason, detail=detail, stop_audio=True)
+
+    # --- session events -------------------------------------------------------------------------
+
+    def _subscribe(self) -> None:
+        s = self.session
+        s.on("agent_state_changed", self._on_agent_state)
+        s.on("user_state_changed", self._on_user_state)
+        s.on("user_input_transcribed", self._on_user_transcribed)
+        s.on("conversation_item_added", self._on_item_added)
+        s.on("speech_created", self._on_speech_created)
+        s.on("agent_false_interruption", self._on_false_interruption)
+        s.on("error", self._on_error)
+        s.on("close", self._on_close)
+
+    def _on_agent_state(self, ev: lk_events.AgentStateChangedEvent) -> None:
+        self._agent_state = ev.new_state
+        self._emit(self._encoder.agent_state(ev.new_state))
+        self._update_idle_timer()
+
+    def _on_user_state(self, ev: lk_events.UserStateChangedEvent) -> None:
+        self._user_speaking = ev.new_state == "speaking"
+        if self._user_speaking:
+            self._reprompted = False
+        self._update_idle_timer()
+
+    def _on_user_transcribed(self, ev: lk_events.UserInputTranscribedEvent) -> None:
+        text = " ".join([*self._turn_finals, ev.transcript.strip()]).strip()
+        if ev.is_final and ev.transcript.strip():
+            self._turn_finals.append(ev.transcript.strip())
+        if text:
+            self._emit(self._encoder.transcript("user", text, final=False))
+
+    def _on_item_added(self, ev: lk_events.ConversationItemAddedEvent) -> None:
+        item = ev.item
+        if not isinstance(item, ChatMessage):
+            return
+        if item.role == "user":
+            self._turn_finals.clear()
+            self._user_turns += 1
+            self._emit(self._encoder.transcript("user", item.text_content or "", final=True))
+        elif item.role == "assistant" and item.metrics:
+            self._latencies.append(
+                {
+                    k: round(v, 3)
+                    for k, v in item.metrics.items()
+                    if k in _LATENCY_KEYS and isinstance(v, int | float)
+                }
+            )
+
+    def _on_speech_created(self, ev: lk_events.SpeechCreatedEvent) -> None:
+        ev.speech_handle.add_done_callback(self._on_speech_done)
+
+    def _on_speech_done(self, handle: SpeechHandle) -> None:
+        if not handle.scheduled:
+            return  # a preemptive generation that was discarded: never a turn
+        text = " ".join(
+            item.text_content or ""
+            for item in handle.chat_items
+            if isinstance(item, ChatMessage) and item.role == "assistant"
+        ).strip()
+        if not text and not handle.interrupted:
+            return  # a tool-only step, nothing was said
+        self._agent_turns += 1
+        self._interruptions += handle.interrupted
+        self._emit(
+            self._encoder.transcript("agent", text, final=True, interrupted=handle.interrupted)
+        )
+
+    def _on_false_interruption(self, ev: lk_events.AgentFalseInterruptionEvent) -> None:
+        self.log.info("false interruption, resumed=%s", ev.resumed)
+
+    def _on_error(self, ev: lk_events.ErrorEvent) -> None:
+        recoverable = getattr(ev.error, "recoverable", True)
+        self.log.warning(
+            "%s error (%s): %s",
+            type(ev.source).__name__,
+            "recoverable" if recoverable else "unrecoverable",
+            getattr(ev.error, "error", ev.error),
+        )
+
+    def _on_close(self, ev: lk_events.CloseEvent) -> None:
+        if self._ending.done():
+            return
+        reason = _CLOSE_REASONS.get(ev.reason, EndReason.ERROR)
+        self.request_end(reason, detail=f"session closed: {ev.reason.value} {ev.error or ''}")
+
+    # --- idle timeout ---------------------------------------------------------------------------
+
+    def _update_idle_timer(self) -> None:
+        silent = self._agent_state == "listening" and not self._user_speaking
+        if not silent or self._ending.done():
+            self._cancel_idle_timer()
+        elif self._idle_timer is None:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(
+                self.setup.agent.limits.idle_timeout, self._on_idle_timeout
+            )
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _on_idle_timeout(self) -> None:
+        self._idle_timer = None
+        if not self._reprompted:
+            self._reprompted = True
+            self.log.info(
+                "caller silent for %ss, reprompting", self.setup.agent.limits.idle_timeout
+            )
+            with contextlib.suppress(RuntimeError):
+                self.session.say(self.goodbyes["reprompt"])
+            return
+        self.request_end(
+            EndReason.IDLE_TIMEOUT,
+            detail=f"silent for {self.setup.agent.limits.idle_timeout}s after a reprompt",
+            goodbye=self.goodbyes.get("idle_goodbye"),
+        )
+
+    # --- events out -----------------------------------------------------------------------------
+
+    def _emit(self, packets: list[bytes]) -> None:
+        if self._closed_outbox:
+            return
+        for packet in packets:
+            self._outbox.put_nowait(packet)
+
+    def _close_outbox(self) -> None:
+        self._closed_outbox = True
+        self._outbox.put_nowait(None)
+
+    async def _send_loop(self) -> None:
+        while (packet := await self._outbox.get()) is not None:
+            try:
+                await self.transport.send(packet)
+            except Exception as exc:
+                self.log.warning("could not send event to the caller: %s", exc)
+
+    def _log_summary(self, result: CallResult, detail: str) -> None:
+        usage: list[dict[str, Any]] = []
+        with contextlib.suppress(Exception):
+            usage = [
+                u.model_dump(exclude_defaults=True, exclude={"type"})
+                for u in self.session.usage.model_usage
+            ]
+        self.log.info(
+            "call ended: %s after %.1fs (%d user turns, %d agent turns, %d interrupted)",
+            result.reason.value,
+            result.duration,
+            result.user_turns,
+            result.agent_turns,
+            result.interruptions,
+            extra={
+                "reason": result.reason.value,
+                "detail": detail,
+                "duration": round(result.duration, 3),
+                "user_turns": result.user_turns,
+                "agent_turns": result.agent_turns,
+                "interruptions": result.interruptions,
+                "turn_latency": self._latencies,
+                "usage": usage,
+            },
+        )
+
+
+_LATENCY_KEYS = frozenset({"e2e_latency", "llm_node_ttft", "tts_node_ttfb", "playback_latency"})
+_CLOSE_REASONS: dict[lk_events.CloseReason, EndReason] = {
+    lk_events.CloseReason.ERROR: EndReason.ERROR,
+    lk_events.CloseReason.PARTICIPANT_DISCONNECTED: EndReason.CALLER_LEFT,
+    lk_events.CloseReason.JOB_SHUTDOWN: EndReason.WORKER_SHUTDOWN,
+    lk_events.CloseReason.USER_INITIATED: EndReason.AGENT_ENDED,
+    lk_events.CloseReason.TASK_COMPLETED: EndReason.AGENT_ENDED,
+}
+
+
+async def _wait_bounded(task: asyncio.Task[Any], timeout: float) -> None:
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+
+
+def new_call_id() -> str:
+    return f"CA_{uuid.uuid4().hex[:16]}"

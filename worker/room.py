@@ -1,0 +1,146 @@
+"""The production transport: a LiveKit room, through RoomIO.
+
+The agent's voice goes out as one Opus track; client events go out on the reliable data channel.
+The caller is linked explicitly, and any disconnect of theirs ends the call (RoomIO alone only
+reacts to some disconnect reasons and would leave the agent waiting in the room).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import AgentSession, AutoSubscribe, JobContext, room_io
+
+from .agent import VoiceAgent
+from .call import Caller, CallTransport
+from .protocol import TOPIC, EndReason
+from .providers import OUTPUT_SAMPLE_RATE
+
+logger = logging.getLogger("worker.room")
+
+CALLER_KINDS = (
+    rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+    rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+)
+LINGER = 0.25
+"""Seconds between the last event and leaving, so the reliable channel can deliver it."""
+
+MAX_BITRATE = 32_000
+
+
+def agent_track_options() -> rtc.TrackPublishOptions:
+    """How the agent's voice is published (Opus, WebRTC's audio codec)."""
+    options = rtc.TrackPublishOptions(
+        source=rtc.TrackSource.SOURCE_MICROPHONE,
+        # The agent is silent about half of every call and its silence is digital: DTX sends
+        # almost nothing then, at no audible cost.
+        dtx=True,
+        # Redundant audio survives the packet loss of mobile and Wi-Fi callers; it only doubles
+        # the bitrate while the agent speaks.
+        red=True,
+    )
+    # Opus is transparent for 24 kHz synthetic speech at 32 kbps; more only costs bandwidth.
+    options.audio_encoding.max_bitrate = MAX_BITRATE
+    return options
+
+
+class RoomTransport(CallTransport):
+    """A call in the job's room, with the caller chosen by the room name's user id."""
+
+    label = "room"
+
+    def __init__(self, ctx: JobContext, *, user_id: str | None) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._user_id = user_id
+        self._caller: Caller | None = None
+
+    async def wait_for_caller(self, timeout: float) -> Caller | None:
+        await self._ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+        room = self._ctx.room
+        room.on("data_received", self._on_data)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        room.on("disconnected", self._on_disconnected)
+
+        found: asyncio.Future[rtc.RemoteParticipant] = asyncio.get_running_loop().create_future()
+
+        def consider(participant: rtc.RemoteParticipant) -> None:
+            if not found.done() and participant.kind in CALLER_KINDS:
+                found.set_result(participant)
+
+        present = list(room.remote_participants.values())
+        for participant in sorted(present, key=lambda p: p.identity != self._user_id):
+            consider(participant)
+        room.on("participant_connected", consider)
+        try:
+            participant = await asyncio.wait_for(found, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            room.off("participant_connected", consider)
+        self._caller = Caller(
+            identity=participant.identity, attributes=dict(participant.attributes)
+        )
+        if self._user_id and participant.identity != self._user_id:
+            logger.info(
+                "no participant %r in the room; linking the first caller %r",
+                self._user_id,
+                participant.identity,
+            )
+        return self._caller
+
+    async def start(self, session: AgentSession[Any], agent: VoiceAgent, caller: Caller) -> None:
+        if caller.identity not in self._ctx.room.remote_participants and self.listener is not None:
+            self.listener.caller_left("caller left before the session started")
+            return
+        await session.start(
+            agent,
+            room=self._ctx.room,
+            room_options=room_io.RoomOptions(
+                participant_identity=caller.identity,
+                participant_kinds=list(CALLER_KINDS),
+                # the call ends on every disconnect itself, after telling the room
+                close_on_disconnect=False,
+                audio_output=room_io.AudioOutputOptions(
+                    sample_rate=OUTPUT_SAMPLE_RATE,
+                    num_channels=1,
+                    track_publish_options=agent_track_options(),
+                    track_name="agent_voice",
+                ),
+            ),
+        )
+
+    async def send(self, packet: bytes) -> None:
+        await self._ctx.room.local_participant.publish_data(packet, reliable=True, topic=TOPIC)
+
+    async def close(self, reason: EndReason | None) -> None:
+        if self._ctx.room.isconnected():
+            await asyncio.sleep(LINGER)
+        self._ctx.shutdown(reason=reason.value if reason else "no caller")
+
+    def _on_data(self, packet: rtc.DataPacket) -> None:
+        if self.listener is not None:
+            sender = packet.participant.identity if packet.participant else None
+            self.listener.data_received(packet.data, sender=sender, topic=packet.topic or "")
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._caller is None or participant.identity != self._caller.identity:
+            return
+        code = participant.disconnect_reason
+        reason = rtc.DisconnectReason.Name(code) if code is not None else "unknown reason"
+        if self.listener is not None:
+            self.listener.caller_left(f"caller disconnected ({reason})")
+
+    def _on_disconnected(self, reason: rtc.DisconnectReason.ValueType) -> None:
+        if self.listener is None:
+            return
+        name = rtc.DisconnectReason.Name(reason)
+        if reason == rtc.DisconnectReason.ROOM_DELETED:
+            self.listener.transport_lost(EndReason.CLIENT_ENDED, "room deleted")
+        else:
+            self.listener.transport_lost(
+                EndReason.ERROR, f"agent disconnected from the room ({name})"
+            )

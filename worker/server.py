@@ -1,0 +1,158 @@
+"""The LiveKit worker: dispatch, per-process prewarm, one call per job, load and shutdown.
+
+`VoiceWorker` is what runs inside LiveKit's processes. It is pickled into each job process with
+the agent registry already loaded and validated by the main process, so configs are read once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest, NotGivenOr
+from livekit.agents.types import NOT_GIVEN
+from livekit.agents.worker import ServerEnvOption, _DefaultLoadCalc
+
+from .call import CallSetup, new_call_id, run_call
+from .config import AgentConfig, AgentRegistry
+from .logs import install_redaction
+from .pipeline import load_vad
+from .providers import build_providers
+from .room import RoomTransport
+from .routing import RoomName, RoutingError, parse_room
+from .settings import WorkerSettings
+
+logger = logging.getLogger("worker")
+
+SHUTDOWN_SIGNAL = signal.SIGUSR2
+"""Sent by the main process to each job when the worker starts draining (SIGUSR1 is taken by
+LiveKit for stack dumps; SIGTERM and SIGINT are ignored in job processes)."""
+
+
+class VoiceWorker:
+    """Routes rooms to agents and runs their calls. Picklable: it travels to job processes."""
+
+    def __init__(
+        self, settings: WorkerSettings, registry: AgentRegistry, *, pinned_agent: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pinned_agent = pinned_agent
+        """Set by `console` / `connect --agent`: their rooms have no routable name."""
+
+    # --- main process ---------------------------------------------------------------------------
+
+    async def on_request(self, req: JobRequest) -> None:
+        """Accept a dispatch only for a room that names a configured agent."""
+        try:
+            agent, _ = self.route(req.room.name)
+        except RoutingError as exc:
+            logger.warning("rejecting job %s for room %r: %s", req.id, req.room.name[:200], exc)
+            await req.reject()
+            return
+        await req.accept(name=agent.name, attributes={"voice_agent.id": agent.id})
+
+    def load(self, server: AgentServer) -> float:
+        """1.0 (full) at `max_calls` concurrent calls, or earlier when the CPU passes its limit."""
+        calls = len(server.active_jobs) / self.settings.max_calls
+        if self.settings.cpu_limit is None:
+            return calls
+        return max(calls, _DefaultLoadCalc.get_load(server) / self.settings.cpu_limit)
+
+    # --- job processes --------------------------------------------------------------------------
+
+    def prewarm(self, proc: JobProcess) -> None:
+        """Once per process, before any job: the VAD model and the log guard."""
+        install_redaction()
+        proc.userdata["vad"] = load_vad(self.settings.vad)
+
+    async def entrypoint(self, ctx: JobContext) -> None:
+        try:
+            agent, room = self.route(ctx.job.room.name)
+        except RoutingError as exc:
+            # `connect` jobs never went through on_request; nothing may join such a room
+            logger.warning(
+                "ending job %s for room %r: %s", ctx.job.id, ctx.job.room.name[:200], exc
+            )
+            ctx.shutdown(reason=f"unroutable room: {exc}")
+            return
+        call_id = new_call_id()
+        fields = {"room": ctx.job.room.name, "job_id": ctx.job.id, "agent_id": agent.id}
+        ctx.log_context_fields = {**fields, "call_id": call_id}
+        setup = CallSetup(
+            agent=agent,
+            call_id=call_id,
+            vad=ctx.proc.userdata["vad"],
+            providers=build_providers(agent, os.environ),
+            metadata=ctx.job.metadata or "",
+            shutdown=listen_for_shutdown(),
+            log_fields=fields,
+        )
+        await run_call(setup, RoomTransport(ctx, user_id=room.user_id if room else None))
+
+    def route(self, room_name: str) -> tuple[AgentConfig, RoomName | None]:
+        """The agent for a room, by the pinned agent or by the room name."""
+        if self.pinned_agent is not None:
+            with contextlib.suppress(RoutingError):
+                return self.registry.get(self.pinned_agent), parse_room(room_name)
+            return self.registry.get(self.pinned_agent), None
+        room = parse_room(room_name)
+        return self.registry.get(room.agent_id), room
+
+
+def listen_for_shutdown() -> asyncio.Event:
+    """An event set when this job process receives `SHUTDOWN_SIGNAL` (see `VoiceAgentServer`)."""
+    event = asyncio.Event()
+    try:
+        asyncio.get_running_loop().add_signal_handler(SHUTDOWN_SIGNAL, event.set)
+    except (RuntimeError, ValueError):
+        logger.debug("job runs outside a main thread (console): no shutdown signal")
+    return event
+
+
+class VoiceAgentServer(AgentServer):
+    """LiveKit's server, plus the signal 1.8.9 lacks: draining tells running calls to wrap up.
+
+    Without it a SIGTERM'd worker waits silently for calls to end on their own, then cuts them.
+    """
+
+    async def drain(self, timeout: NotGivenOr[int | None] = NOT_GIVEN) -> None:
+        notified = notify_jobs_of_shutdown(self)
+        logger.info("draining: asked %d running call(s) to say goodbye", notified)
+        await super().drain(timeout)
+
+
+def notify_jobs_of_shutdown(server: AgentServer) -> int:
+    count = 0
+    for proc in server._proc_pool.processes:  # the pool is LiveKit's; pids are only there
+        pid = getattr(proc, "pid", None)
+        if proc.running_job is None or pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, SHUTDOWN_SIGNAL)
+            count += 1
+    return count
+
+
+def create_server(worker: VoiceWorker) -> VoiceAgentServer:
+    """The configured server with `worker`'s session registered (not running yet)."""
+    settings = worker.settings
+    longest_call = max((agent.limits.max_duration for agent in worker.registry), default=0)
+    server = VoiceAgentServer(
+        setup_fnc=worker.prewarm,
+        load_fnc=worker.load,
+        load_threshold=1.0,  # `load` is 1.0 exactly at the call limit, in dev too
+        num_idle_processes=ServerEnvOption(dev_default=1, prod_default=settings.idle_processes),
+        initialize_process_timeout=settings.initialize_timeout,
+        drain_timeout=settings.resolved_drain_timeout(longest_call),
+        port=ServerEnvOption(dev_default=0, prod_default=settings.health_port),
+        prometheus_port=settings.prometheus_port,
+        job_memory_warn_mb=600,
+    )
+    server.rtc_session(
+        worker.entrypoint, agent_name=settings.agent_name, on_request=worker.on_request
+    )
+    return server

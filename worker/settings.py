@@ -1,0 +1,135 @@
+"""Worker settings from the environment (`.env.example` lists every variable).
+
+Secrets (API keys) are not kept here: providers read them from the environment when a call
+builds them, so no settings object can leak one into a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_AGENT_NAME = "voice-agent"
+DRAIN_MARGIN = 60
+"""Seconds the drain timeout must exceed the longest call limit by (goodbye, teardown)."""
+
+
+@dataclass(frozen=True)
+class VADSettings:
+    """Process-wide Silero settings: the model is loaded once per process, not per call."""
+
+    min_silence: float = 0.3
+    """Seconds of silence before Silero reports the end of speech. Turn ends are gated on it, so
+    it is the floor of the answer latency; agents can wait longer with `endpointing.min_delay`."""
+    min_speech: float = 0.05
+    activation_threshold: float = 0.5
+    prefix_padding: float = 0.3
+
+
+class SettingsError(ValueError):
+    """An environment variable with an unusable value; the message names it."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    agent_name: str = DEFAULT_AGENT_NAME
+    """LiveKit agent name for explicit dispatch (`LIVEKIT_AGENT_NAME`)."""
+    prompts_dir: Path = Path(__file__).resolve().parent.parent / "prompts"
+    max_calls: int = 25
+    """Concurrent calls per worker; further dispatches are declined."""
+    cpu_limit: float | None = 0.9
+    """Fraction of CPU above which dispatches are declined; None disables the check."""
+    idle_processes: int = 2
+    initialize_timeout: float = 20.0
+    drain_timeout: int | None = None
+    """Seconds a SIGTERM'd worker waits for calls to end; default: longest max_duration + margin."""
+    health_port: int = 8081
+    prometheus_port: int | None = None
+    vad: VADSettings = field(default_factory=VADSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        defaults = cls()
+        return cls(
+            agent_name=env.get("LIVEKIT_AGENT_NAME") or defaults.agent_name,
+            prompts_dir=Path(env.get("WORKER_PROMPTS_DIR") or defaults.prompts_dir),
+            max_calls=reader.integer("WORKER_MAX_CALLS", defaults.max_calls, minimum=1),
+            cpu_limit=reader.fraction_or_off("WORKER_CPU_LIMIT", defaults.cpu_limit),
+            idle_processes=reader.integer(
+                "WORKER_IDLE_PROCESSES", defaults.idle_processes, minimum=0
+            ),
+            initialize_timeout=reader.number("WORKER_INIT_TIMEOUT", defaults.initialize_timeout),
+            drain_timeout=reader.optional_integer("WORKER_DRAIN_TIMEOUT"),
+            health_port=reader.integer("WORKER_HEALTH_PORT", defaults.health_port, minimum=0),
+            prometheus_port=reader.optional_integer("WORKER_PROMETHEUS_PORT"),
+            vad=VADSettings(
+                min_silence=reader.number("WORKER_VAD_MIN_SILENCE", defaults.vad.min_silence),
+                min_speech=reader.number("WORKER_VAD_MIN_SPEECH", defaults.vad.min_speech),
+                activation_threshold=reader.number(
+                    "WORKER_VAD_THRESHOLD", defaults.vad.activation_threshold
+                ),
+                prefix_padding=reader.number(
+                    "WORKER_VAD_PREFIX_PADDING", defaults.vad.prefix_padding
+                ),
+            ),
+        )
+
+    def resolved_drain_timeout(self, longest_call: int) -> int:
+        """The drain timeout to use: explicit values must cover the longest call plus a margin."""
+        minimum = longest_call + DRAIN_MARGIN
+        if self.drain_timeout is None:
+            return minimum
+        if self.drain_timeout < minimum:
+            raise SettingsError(
+                f"WORKER_DRAIN_TIMEOUT / --drain-timeout is {self.drain_timeout}s but must be at "
+                f"least {minimum}s (the longest agent max_duration, {longest_call}s, plus "
+                f"{DRAIN_MARGIN}s), or a draining worker could cut calls off"
+            )
+        return self.drain_timeout
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if value < 0:
+            raise SettingsError(f"{name}={raw!r} must not be negative")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        if value < minimum:
+            raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def optional_integer(self, name: str) -> int | None:
+        return self.integer(name, 0, minimum=1) if self._env.get(name) else None
+
+    def fraction_or_off(self, name: str, default: float | None) -> float | None:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        if raw.lower() == "off":
+            return None
+        value = self.number(name, 0.0)
+        if not 0 < value <= 1:
+            raise SettingsError(f"{name}={raw!r} must be a fraction in (0, 1] or 'off'")
+        return value
