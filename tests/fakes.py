@@ -20,6 +20,7 @@ from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
     APIConnectOptions,
+    LanguageCode,
     NotGivenOr,
     llm,
     stt,
@@ -31,7 +32,7 @@ SPEECH_RMS = 300.0
 """Frames louder than this count as speech for the fake STT (fixtures are clean recordings)."""
 
 
-class FakeSTT(stt.STT):
+class FakeSTT(stt.STT[None]):
     """A streaming recognizer: each burst of speech it hears yields the next scripted transcript,
     `latency` seconds after the burst ends (`None` in the script: heard, but no words)."""
 
@@ -45,7 +46,11 @@ class FakeSTT(stt.STT):
         self.transcripts: list[str] = []
 
     async def _recognize_impl(
-        self, buffer: AudioBuffer, *, language: NotGivenOr[str], conn_options: APIConnectOptions
+        self,
+        buffer: AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         raise NotImplementedError("FakeSTT only streams")
 
@@ -109,7 +114,9 @@ class _FakeRecognizeStream(stt.RecognizeStream):
 
     def _send(self, kind: stt.SpeechEventType, text: str) -> None:
         self._event_ch.send_nowait(
-            stt.SpeechEvent(type=kind, alternatives=[stt.SpeechData(language="en", text=text)])
+            stt.SpeechEvent(
+                type=kind, alternatives=[stt.SpeechData(language=LanguageCode("en"), text=text)]
+            )
         )
 
 
@@ -120,7 +127,7 @@ class Reply:
     """Name of a function tool the reply also calls (with no arguments)."""
 
 
-class FakeLLM(llm.LLM):
+class FakeLLM(llm.LLM[None]):
     """Answers with `respond(last user text)`, the first token after `ttft` seconds."""
 
     def __init__(
@@ -136,6 +143,8 @@ class FakeLLM(llm.LLM):
         self.token_interval = token_interval
         self.requests: list[str] = []
         """The last user message of every request, in order."""
+        self.instructions: list[str] = []
+        """The system instructions of every request, in order."""
 
     def chat(
         self,
@@ -156,9 +165,13 @@ class _FakeLLMStream(llm.LLMStream):
         self._fake = fake
 
     async def _run(self) -> None:
-        users = [m for m in self._chat_ctx.messages() if m.role == "user"]
+        messages = self._chat_ctx.messages()
+        users = [m for m in messages if m.role == "user"]
         last = (users[-1].text_content or "") if users else ""
         self._fake.requests.append(last)
+        self._fake.instructions.append(
+            " ".join(m.text_content or "" for m in messages if m.role in ("system", "developer"))
+        )
         reply = self._fake.respond(last)
         await asyncio.sleep(self._fake.ttft)
         chunk_id = uuid.uuid4().hex
@@ -178,7 +191,7 @@ class _FakeLLMStream(llm.LLMStream):
             )
 
 
-class FakeTTS(tts.TTS):
+class FakeTTS(tts.TTS[None]):
     """Renders text as a modulated tone, `seconds_per_char` long per character, the first audio
     after `ttfb` seconds (non-streaming: the session feeds it sentence by sentence)."""
 

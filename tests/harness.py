@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import yaml
 from livekit.agents import APIConnectOptions, vad
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
+import worker
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, rms
 from worker.call import CallResult, CallSetup, run_call
 from worker.config import AgentConfig
@@ -172,3 +174,20 @@ class CallHarness:
 
 def is_type(type_: str, **fields: Any) -> Callable[[Event], bool]:
     return lambda e: e["type"] == type_ and all(e.get(k) == v for k, v in fields.items())
+
+
+SCHEMA = json.loads((Path(worker.__file__).parent / "protocol.schema.json").read_text("utf-8"))
+
+
+def check_call_events(events: list[Event]) -> None:
+    """What every call's event stream must satisfy: each event valid against the published
+    schema, one call id, `seq` 1, 2, 3..., `ts` never going back, `call_ended` once and last."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for event in events:
+        validator.validate(event)
+    assert len({e["call_id"] for e in events}) == 1
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert all(a["ts"] <= b["ts"] for a, b in zip(events, events[1:], strict=False))
+    ended = [e for e in events if e["type"] == "call_ended"]
+    assert len(ended) == 1, f"call_ended sent {len(ended)} times"
+    assert events[-1]["type"] == "call_ended"

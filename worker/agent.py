@@ -31,5 +31,6 @@ class VoiceAgent(Agent):
         """End the phone call. Call this only after you said goodbye: when the caller says
         goodbye, asks to hang up, or the conversation is clearly over."""
         await ctx.wait_for_playout()  # let the goodbye that came with this call finish playing
-        self._on_end_call()
+        # end once this turn is complete, so its transcript reaches the client first
+        ctx.speech_handle.add_done_callback(lambda _: self._on_end_call())
         raise StopResponse()  # no further reply after hanging up

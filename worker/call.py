@@ -36,6 +36,8 @@ GOODBYE_TIMEOUT = 10.0
 """A goodbye the worker speaks on its own (limits, shutdown) never holds the call longer."""
 FLUSH_TIMEOUT = 2.0
 """How long the last events may take to leave before the transport is released anyway."""
+SETTLE_TIMEOUT = 0.5
+"""How long an ending call waits for interrupted speech to report what was played."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class Call(CallListener):
         self._reprompted = False
         # the user's turn so far, for interim transcripts
         self._turn_finals: list[str] = []
+        # agent speech not yet reported, so the ending can wait for its transcript
+        self._unreported: set[asyncio.Future[None]] = set()
         # summary
         self._user_turns = 0
         self._agent_turns = 0
@@ -232,6 +236,8 @@ class Call(CallListener):
             self.session.input.set_audio_enabled(False)  # no new turns while ending
         if ending.goodbye and self.session.output.audio is not None:
             await self._say_goodbye(ending.goodbye)
+        if self._unreported:  # interrupted speech: its transcript goes out before call_ended
+            await asyncio.wait(self._unreported, timeout=SETTLE_TIMEOUT)
         duration = time.monotonic() - self._started_at
         self._emit(self._encoder.agent_state("idle"))
         self._emit(self._encoder.call_ended(duration, ending.reason))
@@ -253,7 +259,6 @@ class Call(CallListener):
         except TimeoutError:
             self.log.warning("goodbye did not finish within %ss, cutting it", GOODBYE_TIMEOUT)
             handle.interrupt(force=True)
-        await asyncio.sleep(0)  # let the goodbye's transcript event be queued first
 
     def _interrupt(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -357,7 +362,15 @@ class Call(CallListener):
             )
 
     def _on_speech_created(self, ev: lk_events.SpeechCreatedEvent) -> None:
-        ev.speech_handle.add_done_callback(self._on_speech_done)
+        reported: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unreported.add(reported)
+
+        def done(handle: SpeechHandle) -> None:
+            self._on_speech_done(handle)
+            self._unreported.discard(reported)
+            reported.set_result(None)
+
+        ev.speech_handle.add_done_callback(done)
 
     def _on_speech_done(self, handle: SpeechHandle) -> None:
         if not handle.scheduled:

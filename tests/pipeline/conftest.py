@@ -1,0 +1,26 @@
+"""Pipeline tests: the real AgentSession through the worker's session code, in real time."""
+
+from __future__ import annotations
+
+import pytest
+from livekit.agents import vad
+
+from tests.harness import Recording
+from worker.pipeline import load_vad
+from worker.settings import VADSettings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.pipeline)
+
+
+@pytest.fixture(scope="session")
+def vad_model() -> vad.VAD:
+    """Silero, loaded once for the whole run as the worker loads it once per process."""
+    return load_vad(VADSettings())
+
+
+@pytest.fixture(scope="session")
+def caller() -> Recording:
+    return Recording.load("caller_basic")
