@@ -5,6 +5,7 @@ event decoded for assertions."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import wave
 from collections.abc import Callable
@@ -187,7 +188,7 @@ def check_call_events(events: list[Event]) -> None:
         validator.validate(event)
     assert len({e["call_id"] for e in events}) == 1
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    assert all(a["ts"] <= b["ts"] for a, b in zip(events, events[1:], strict=False))
+    assert all(a["ts"] <= b["ts"] for a, b in itertools.pairwise(events))
     ended = [e for e in events if e["type"] == "call_ended"]
     assert len(ended) == 1, f"call_ended sent {len(ended)} times"
     assert events[-1]["type"] == "call_ended"

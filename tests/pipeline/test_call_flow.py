@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,10 +25,10 @@ LOUD = 1000.0
 
 def harness(
     vad_model: vad.VAD,
-    script: list[str | None],
+    script: Sequence[str | None],
     answer: str = ANSWER,
-    agent_overrides: dict[str, object] | None = None,
-    **kwargs: object,
+    agent_overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> CallHarness:
     llm = FakeLLM(
         lambda text: (
@@ -38,10 +40,10 @@ def harness(
     return CallHarness(
         make_agent(**(agent_overrides or {})),
         vad_model=vad_model,
-        stt=FakeSTT(script),
+        stt=FakeSTT(list(script)),
         llm=llm,
         tts=FakeTTS(),
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -193,8 +195,7 @@ async def test_the_agent_hangs_up_with_its_end_call_tool(
 
 
 async def test_max_duration_ends_with_a_goodbye(vad_model: vad.VAD) -> None:
-    agent_limits = {"limits": {"max_duration": 10}}
-    call = harness(vad_model, [], agent_overrides=agent_limits)
+    call = harness(vad_model, [])
     call.setup.agent = call.agent = call.agent.model_copy(
         update={"limits": call.agent.limits.model_copy(update={"max_duration": 3})}
     )
