@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -12,6 +13,20 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=300)
 settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+
+
+TESTS = Path(__file__).resolve().parent
+GROUPS = ("unit", "pipeline")
+"""Each top-level directory of tests/ is a group, with a marker of the same name."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = item.path.resolve().relative_to(TESTS).parts[0]
+        if group not in GROUPS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{GROUPS}")
+        item.add_marker(getattr(pytest.mark, group))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,9 +11,11 @@ import json
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from dotenv import load_dotenv
 
 from .config import AgentRegistry, ConfigError, load_registry
 from .routing import RoutingError, parse_room
@@ -140,10 +142,12 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
     """Load and check everything a worker needs, then hand over to LiveKit's command."""
     from livekit.agents.cli._legacy import _build_cli
 
-    from .providers import check_registry
+    from .providers import check_registry, import_plugins
     from .server import VoiceWorker, create_server
 
     settings = _settings()
+    if name == "dev":
+        settings = replace(settings, cpu_limit=None)  # a laptop's CPU is no reason to decline
     help_only = "--help" in args
     if name == "start":
         args, drain = _pop_option(args, "--drain-timeout")
@@ -167,6 +171,7 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
             pinned = registry.get(agent).id
         except RoutingError as exc:
             fail(str(exc))
+    import_plugins(registry)
     try:
         server = create_server(VoiceWorker(settings, registry, pinned_agent=pinned))
     except SettingsError as exc:
@@ -190,4 +195,6 @@ def _pop_option(args: list[str], option: str) -> tuple[list[str], str | None]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # a .env in the working directory, for development; the real environment wins
+    load_dotenv(Path.cwd() / ".env", override=False)
     app(args=argv if argv is not None else sys.argv[1:], prog_name=PROG)

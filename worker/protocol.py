@@ -9,6 +9,7 @@ strictly; anything unexpected raises `ControlError` with a one-line reason for t
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -83,35 +84,38 @@ class EventEncoder:
         return self._text_event("transcript", text, fields)
 
     def agent_state(self, state: AgentStateName) -> list[bytes]:
-        return [self._encode("agent_state", {"state": state})]
+        return [self._event("agent_state", {"state": state})]
 
     def call_ended(self, duration: float, reason: EndReason) -> list[bytes]:
-        return [
-            self._encode("call_ended", {"duration": round(duration, 3), "reason": reason.value})
-        ]
+        return [self._event("call_ended", {"duration": round(duration, 3), "reason": reason.value})]
 
     def _text_event(self, type_: str, text: str, fields: dict[str, Any]) -> list[bytes]:
-        whole = self._encode(type_, {**fields, "text": text}, advance=False)
+        ts = self._now()
+        whole = self._encode(type_, {**fields, "text": text}, self._seq + 1, ts)
         if len(whole) <= MAX_PACKET_BYTES:
-            return [self._encode(type_, {**fields, "text": text})]
-        overhead = len(whole) - _json_len(text) + len(b', "part": 9999, "parts": 9999')
-        chunks = split_text(text, MAX_PACKET_BYTES - overhead)
-        return [
-            self._encode(type_, {**fields, "text": chunk, "part": i, "parts": len(chunks)})
-            for i, chunk in enumerate(chunks, start=1)
-        ]
-
-    def _encode(self, type_: str, fields: dict[str, Any], *, advance: bool = True) -> bytes:
-        if advance:
             self._seq += 1
-        event = {
-            "type": type_,
-            "call_id": self.call_id,
-            "seq": self._seq,
-            "ts": int(self._clock() * 1000),
-            **fields,
-        }
-        return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            return [whole]
+        overhead = len(whole) - _json_len(text) + len(b',"part":9999,"parts":9999') + 10
+        chunks = split_text(text, MAX_PACKET_BYTES - overhead)
+        packets = []
+        for i, chunk in enumerate(chunks, start=1):
+            self._seq += 1
+            part = {**fields, "text": chunk, "part": i, "parts": len(chunks)}
+            packets.append(self._encode(type_, part, self._seq, ts))
+        return packets
+
+    def _event(self, type_: str, fields: dict[str, Any]) -> bytes:
+        self._seq += 1
+        return self._encode(type_, fields, self._seq, self._now())
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _encode(self, type_: str, fields: dict[str, Any], seq: int, ts: int) -> bytes:
+        event = {"type": type_, "call_id": self.call_id, "seq": seq, "ts": ts, **fields}
+        # errors="replace": a lone surrogate (a provider's stray JSON escape) must not crash a call
+        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8", errors="replace")
 
 
 def split_text(text: str, budget: int) -> list[str]:
@@ -152,17 +156,22 @@ def _words_with_spaces(text: str) -> list[str]:
 
 def _hard_split(word: str, budget: int) -> list[str]:
     pieces: list[str] = []
-    current = ""
-    for ch in word:
-        if current and _json_len(current + ch) > budget:
-            pieces.append(current)
-            current = ""
-        current += ch
-    if current:
-        pieces.append(current)
+    start, used = 0, 0
+    for i, ch in enumerate(word):
+        size = _char_len(ch)
+        if used + size > budget and i > start:
+            pieces.append(word[start:i])
+            start, used = i, 0
+        used += size
+    pieces.append(word[start:])
     return pieces
 
 
 def _json_len(text: str) -> int:
     """Bytes `text` takes inside a JSON string (escapes included, quotes excluded)."""
-    return len(json.dumps(text, ensure_ascii=False).encode("utf-8")) - 2
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8", errors="replace")) - 2
+
+
+@functools.lru_cache(maxsize=4096)
+def _char_len(ch: str) -> int:
+    return _json_len(ch)

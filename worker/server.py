@@ -143,6 +143,8 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
     longest_call = max((agent.limits.max_duration for agent in worker.registry), default=0)
     server = VoiceAgentServer(
         setup_fnc=worker.prewarm,
+        # the plugins themselves are preloaded once imported (see providers.import_plugins)
+        preload_modules=["worker.server"],
         load_fnc=worker.load,
         load_threshold=1.0,  # `load` is 1.0 exactly at the call limit, in dev too
         num_idle_processes=ServerEnvOption(dev_default=1, prod_default=settings.idle_processes),
@@ -155,4 +157,6 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
     server.rtc_session(
         worker.entrypoint, agent_name=settings.agent_name, on_request=worker.on_request
     )
+    # LiveKit sets up the main process's log handlers when it starts: guard them then
+    server.on("worker_started", install_redaction)
     return server

@@ -10,11 +10,6 @@ from worker.pipeline import load_vad
 from worker.settings import VADSettings
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.pipeline)
-
-
 @pytest.fixture(scope="session")
 def vad_model() -> vad.VAD:
     """Silero, loaded once for the whole run as the worker loads it once per process."""

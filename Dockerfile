@@ -1,0 +1,36 @@
+# The voice worker, for production:  docker build -t voice-worker . && docker run --env-file .env voice-worker
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/app/models \
+    WORKER_PROMPTS_DIR=/app/prompts
+
+# onnxruntime (Silero VAD) needs OpenMP; certificates for wss:// and https:// providers.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+ARG UID=10001
+RUN useradd --uid "${UID}" --create-home --shell /usr/sbin/nologin worker
+
+WORKDIR /app
+COPY constraints.txt pyproject.toml README.md ./
+COPY worker ./worker
+RUN pip install -c constraints.txt . && mkdir -p /app/models && chown worker /app/models
+COPY prompts ./prompts
+
+USER worker
+# Model files are fetched at build time, never at call time (the Silero VAD ships in its wheel).
+RUN python -m worker download-files
+
+# LiveKit's health endpoint: GET / -> 200 "OK" while connected.
+EXPOSE 8081
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=3)"
+
+# Draining on SIGTERM: calls say goodbye and end; give the container the drain timeout to stop.
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "worker", "start"]

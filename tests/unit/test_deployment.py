@@ -1,0 +1,85 @@
+"""Deployment files, checked as far as a machine without Docker or livekit-server can."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    text = re.sub(r"\\\n", " ", text)
+    pairs = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, args = line.strip().partition(" ")
+            pairs.append((instruction.upper(), args.strip()))
+    return pairs
+
+
+KNOWN = {"FROM", "ENV", "RUN", "ARG", "WORKDIR", "COPY", "USER", "EXPOSE", "HEALTHCHECK", "CMD"}
+KNOWN |= {"STOPSIGNAL"}
+
+
+def test_dockerfile_parses_and_has_the_required_properties() -> None:
+    steps = dockerfile()
+    assert {i for i, _ in steps} <= KNOWN
+    assert steps[0][0] == "FROM"
+    assert re.fullmatch(r"python:3\.1[1-9]-slim", steps[0][1])
+    users = [args for i, args in steps if i == "USER"]
+    assert users
+    assert users[-1] not in ("root", "0"), "the worker runs as non-root"
+    runs = [args for i, args in steps if i == "RUN"]
+    assert any("-c constraints.txt" in r for r in runs), "installs the pinned versions"
+    download = next(
+        i for i, (ins, args) in enumerate(steps) if ins == "RUN" and "download-files" in args
+    )
+    user_at = steps.index(("USER", users[-1]))
+    assert user_at < download, "model files are fetched at build, as the worker user"
+    assert ("EXPOSE", "8081") in steps, "LiveKit's health port"
+    assert any(i == "HEALTHCHECK" and "8081" in args for i, args in steps)
+    cmd = [args for i, args in steps if i == "CMD"][-1]
+    assert json.loads(cmd) == ["python", "-m", "worker", "start"]
+    for _, args in steps:
+        shlex.split(args)  # every line is well-formed shell words
+
+
+def test_dockerfile_copies_only_what_exists() -> None:
+    for instruction, args in dockerfile():
+        if instruction == "COPY":
+            *sources, _ = args.split()
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: missing"
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"#?\s*([A-Z][A-Z0-9_]+)=(.*)", line)
+        if match:
+            values[match[1]] = match[2]
+    return values
+
+
+def test_livekit_yaml_matches_the_env_example() -> None:
+    config = yaml.safe_load((ROOT / "livekit.yaml").read_text(encoding="utf-8"))
+    env = env_example()
+    assert env["LIVEKIT_URL"] == f"ws://localhost:{config['port']}"
+    assert config["keys"] == {env["LIVEKIT_API_KEY"]: env["LIVEKIT_API_SECRET"]}
+    assert len(env["LIVEKIT_API_SECRET"]) >= 32, "livekit-server refuses shorter secrets"
+    assert config["rtc"]["port_range_start"] < config["rtc"]["port_range_end"]
+
+
+def test_env_example_lists_every_variable_the_worker_reads() -> None:
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "worker").glob("*.py"))
+    read = set(re.findall(r'"((?:WORKER|LIVEKIT|DEEPGRAM|OPENAI|ELEVEN)[A-Z0-9_]*)"', source))
+    read |= {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"}  # read by LiveKit itself
+    missing = read - set(env_example())
+    assert not missing, f".env.example lacks {sorted(missing)}"
