@@ -19,6 +19,7 @@ import numpy as np
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
+    APIConnectionError,
     APIConnectOptions,
     LanguageCode,
     NotGivenOr,
@@ -145,6 +146,8 @@ class FakeLLM(llm.LLM[None]):
         """The last user message of every request, in order."""
         self.instructions: list[str] = []
         """The system instructions of every request, in order."""
+        self.fail = False
+        """When set, every request fails as an unreachable provider does."""
 
     def chat(
         self,
@@ -174,6 +177,8 @@ class _FakeLLMStream(llm.LLMStream):
         )
         reply = self._fake.respond(last)
         await asyncio.sleep(self._fake.ttft)
+        if self._fake.fail:
+            raise APIConnectionError("fake LLM unreachable", retryable=False)
         chunk_id = uuid.uuid4().hex
         for i, word in enumerate(reply.text.split(" ")):
             if i:

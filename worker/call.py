@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from livekit.agents import AgentSession, vad
+from livekit.agents import AgentSession, llm, stt, tts, vad
 from livekit.agents.llm import ChatMessage
 from livekit.agents.voice import events as lk_events
 from livekit.agents.voice.speech_handle import SpeechHandle
@@ -38,6 +38,8 @@ FLUSH_TIMEOUT = 2.0
 """How long the last events may take to leave before the transport is released anyway."""
 SETTLE_TIMEOUT = 0.5
 """How long an ending call waits for interrupted speech to report what was played."""
+MAX_PROVIDER_FAILURES = 3
+"""Unrecoverable provider errors in a row (no real reply between them) that end a call."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
         on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
     )
-    call.goodbyes = {
+    call.lines = {
         name: setup.agent.render(text, values)
         for name, text in setup.agent.messages.model_dump().items()
     }
@@ -167,7 +169,8 @@ class Call(CallListener):
         self.transport = transport
         self.caller = caller
         self.log = log
-        self.goodbyes: dict[str, str] = {}
+        self.lines: dict[str, str] = {}
+        """The agent's fixed lines (`messages` in the config), placeholders filled."""
         self._encoder = EventEncoder(setup.call_id)
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._ending: asyncio.Future[_Ending] = asyncio.get_running_loop().create_future()
@@ -182,6 +185,7 @@ class Call(CallListener):
         self._turn_finals: list[str] = []
         # agent speech not yet reported, so the ending can wait for its transcript
         self._unreported: set[asyncio.Future[None]] = set()
+        self._provider_failures = 0
         # summary
         self._user_turns = 0
         self._agent_turns = 0
@@ -275,7 +279,7 @@ class Call(CallListener):
         self.request_end(
             EndReason.MAX_DURATION,
             detail=f"{self.setup.agent.limits.max_duration}s limit",
-            goodbye=self.goodbyes.get("max_duration_goodbye"),
+            goodbye=self.lines.get("max_duration_goodbye"),
         )
 
     async def _on_shutdown(self, shutdown: asyncio.Event) -> None:
@@ -283,7 +287,7 @@ class Call(CallListener):
         self.request_end(
             EndReason.WORKER_SHUTDOWN,
             detail="worker shutting down",
-            goodbye=self.goodbyes.get("shutdown_goodbye"),
+            goodbye=self.lines.get("shutdown_goodbye"),
         )
 
     # --- transport reports ----------------------------------------------------------------------
@@ -366,39 +370,57 @@ class Call(CallListener):
         self._unreported.add(reported)
 
         def done(handle: SpeechHandle) -> None:
-            self._on_speech_done(handle)
+            spoke = self._on_speech_done(handle)
+            if spoke and ev.source == "generate_reply" and not handle.interrupted:
+                self._provider_failures = 0  # an LLM reply was spoken: the providers work
             self._unreported.discard(reported)
             reported.set_result(None)
 
         ev.speech_handle.add_done_callback(done)
 
-    def _on_speech_done(self, handle: SpeechHandle) -> None:
+    def _on_speech_done(self, handle: SpeechHandle) -> bool:
+        """Report an agent turn that ended; True when it said something."""
         if not handle.scheduled:
-            return  # a preemptive generation that was discarded: never a turn
+            return False  # a preemptive generation that was discarded: never a turn
         text = " ".join(
             item.text_content or ""
             for item in handle.chat_items
             if isinstance(item, ChatMessage) and item.role == "assistant"
         ).strip()
         if not text and not handle.interrupted:
-            return  # a tool-only step, nothing was said
+            return False  # a tool-only step, nothing was said
         self._agent_turns += 1
         self._interruptions += handle.interrupted
         self._emit(
             self._encoder.transcript("agent", text, final=True, interrupted=handle.interrupted)
         )
+        return bool(text)
 
     def _on_false_interruption(self, ev: lk_events.AgentFalseInterruptionEvent) -> None:
         self.log.info("false interruption, resumed=%s", ev.resumed)
 
     def _on_error(self, ev: lk_events.ErrorEvent) -> None:
         recoverable = getattr(ev.error, "recoverable", True)
+        stage = _stage(ev.source)
         self.log.warning(
-            "%s error (%s): %s",
+            "%s error from %s (%s): %s",
+            stage,
             type(ev.source).__name__,
             "recoverable" if recoverable else "unrecoverable",
             getattr(ev.error, "error", ev.error),
         )
+        if recoverable or self._ending.done():
+            return
+        self._provider_failures += 1
+        if self._provider_failures >= MAX_PROVIDER_FAILURES:
+            self.request_end(
+                EndReason.ERROR,
+                detail=f"{self._provider_failures} provider failures in a row, last from {stage}",
+                goodbye=None if stage == "tts" else self.lines.get("error_goodbye"),
+            )
+        elif stage == "llm":  # the caller would hear nothing otherwise
+            with contextlib.suppress(RuntimeError):
+                self.session.say(self.lines["error_apology"])
 
     def _on_close(self, ev: lk_events.CloseEvent) -> None:
         if self._ending.done():
@@ -431,12 +453,12 @@ class Call(CallListener):
                 "caller silent for %ss, reprompting", self.setup.agent.limits.idle_timeout
             )
             with contextlib.suppress(RuntimeError):
-                self.session.say(self.goodbyes["reprompt"])
+                self.session.say(self.lines["reprompt"])
             return
         self.request_end(
             EndReason.IDLE_TIMEOUT,
             detail=f"silent for {self.setup.agent.limits.idle_timeout}s after a reprompt",
-            goodbye=self.goodbyes.get("idle_goodbye"),
+            goodbye=self.lines.get("idle_goodbye"),
         )
 
     # --- events out -----------------------------------------------------------------------------
@@ -483,6 +505,13 @@ class Call(CallListener):
                 "usage": usage,
             },
         )
+
+
+def _stage(source: object) -> str:
+    for stage, kind in (("stt", stt.STT), ("llm", llm.LLM), ("tts", tts.TTS)):
+        if isinstance(source, kind):
+            return stage
+    return "session"
 
 
 _LATENCY_KEYS = frozenset({"e2e_latency", "llm_node_ttft", "tts_node_ttfb", "playback_latency"})

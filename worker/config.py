@@ -134,6 +134,8 @@ class Messages(_Strict):
     idle_goodbye: str = "It seems you've stepped away. Goodbye for now."
     max_duration_goodbye: str = "We've reached the time limit for this call. Thank you, goodbye."
     shutdown_goodbye: str = "I'm sorry, I have to end the call now. Please call back in a moment."
+    error_apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"
+    error_goodbye: str = "I'm sorry, we're having technical difficulties. Please call back later."
 
 
 class AgentConfig(_Strict):

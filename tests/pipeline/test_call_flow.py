@@ -11,7 +11,14 @@ import pytest
 from livekit.agents import vad
 
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, Reply
-from tests.harness import CallHarness, Recording, check_call_events, is_type, make_agent
+from tests.harness import (
+    CallHarness,
+    Event,
+    Recording,
+    check_call_events,
+    is_type,
+    make_agent,
+)
 from worker.protocol import EndReason
 
 ANSWER = "Of course. Your order shipped yesterday and should arrive on Friday."
@@ -28,8 +35,13 @@ def harness(
     script: Sequence[str | None],
     answer: str = ANSWER,
     agent_overrides: Mapping[str, Any] | None = None,
+    limits: Mapping[str, int] | None = None,
     **kwargs: Any,
 ) -> CallHarness:
+    """A call with the fakes; `limits` may go below what a config file allows (seconds)."""
+    agent = make_agent(**(agent_overrides or {}))
+    if limits:
+        agent = agent.model_copy(update={"limits": agent.limits.model_copy(update=limits)})
     llm = FakeLLM(
         lambda text: (
             Reply("Thank you for calling, goodbye!", tool="end_call")
@@ -38,7 +50,7 @@ def harness(
         )
     )
     return CallHarness(
-        make_agent(**(agent_overrides or {})),
+        agent,
         vad_model=vad_model,
         stt=FakeSTT(list(script)),
         llm=llm,
@@ -51,6 +63,15 @@ async def ask(call: CallHarness, samples: np.ndarray) -> float:
     """Wait for the greeting to end, then speak; returns the call time the speech ended."""
     await call.wait_event(is_type("transcript", role="agent"))
     return await call.play(samples)
+
+
+async def ask_and_listen(call: CallHarness, samples: np.ndarray, seconds: float) -> Event:
+    """Ask, then let the answer play for `seconds`; returns the caller's final transcript."""
+    await ask(call, samples)
+    user = await call.wait_event(is_type("transcript", role="user", final=True))
+    await call.wait_event(is_type("agent_state", state="speaking"), after=call.events.index(user))
+    await asyncio.sleep(seconds)
+    return user
 
 
 async def test_greets_first_then_answers_what_the_caller_asked(
@@ -89,12 +110,7 @@ async def test_talking_over_the_reply_stops_it_and_truncates_its_transcript(
 ) -> None:
     script = [caller.text("question"), caller.text("barge_in")]
     async with harness(vad_model, script, LONG_ANSWER) as call:
-        await ask(call, caller.clip("question"))
-        user = await call.wait_event(is_type("transcript", role="user", final=True))
-        await call.wait_event(
-            is_type("agent_state", state="speaking"), after=call.events.index(user)
-        )
-        await asyncio.sleep(1.5)
+        user = await ask_and_listen(call, caller.clip("question"), 1.5)
         barge_in_at = call.now()
         await call.play(caller.clip("barge_in"))
         reply = await call.wait_event(
@@ -120,12 +136,7 @@ async def test_a_backchannel_pauses_the_reply_which_then_resumes_whole(
 ) -> None:
     script = [caller.text("question"), None]  # "mm hmm": heard, but no words
     async with harness(vad_model, script, LONG_ANSWER) as call:
-        await ask(call, caller.clip("question"))
-        user = await call.wait_event(is_type("transcript", role="user", final=True))
-        await call.wait_event(
-            is_type("agent_state", state="speaking"), after=call.events.index(user)
-        )
-        await asyncio.sleep(1.5)
+        user = await ask_and_listen(call, caller.clip("question"), 1.5)
         started = call.now()
         ended = await call.play(caller.clip("backchannel"))
         reply = await call.wait_event(
@@ -150,12 +161,7 @@ async def test_the_caller_app_ends_the_call_mid_reply(
     vad_model: vad.VAD, caller: Recording, payload: bytes, topic: str
 ) -> None:
     async with harness(vad_model, [caller.text("question")], LONG_ANSWER) as call:
-        await ask(call, caller.clip("question"))
-        user = await call.wait_event(is_type("transcript", role="user", final=True))
-        await call.wait_event(
-            is_type("agent_state", state="speaking"), after=call.events.index(user)
-        )
-        await asyncio.sleep(1.0)
+        await ask_and_listen(call, caller.clip("question"), 1.0)
         sent_at = call.now()
         call.transport.send_data(payload, topic=topic)
         ended = await call.wait_event(is_type("call_ended"), timeout=1.0)
@@ -195,11 +201,7 @@ async def test_the_agent_hangs_up_with_its_end_call_tool(
 
 
 async def test_max_duration_ends_with_a_goodbye(vad_model: vad.VAD) -> None:
-    call = harness(vad_model, [])
-    call.setup.agent = call.agent = call.agent.model_copy(
-        update={"limits": call.agent.limits.model_copy(update={"max_duration": 3})}
-    )
-    async with call:
+    async with harness(vad_model, [], limits={"max_duration": 3}) as call:
         ended = await call.wait_event(is_type("call_ended"), timeout=15)
         assert ended["reason"] == "max_duration"
         assert 3.0 <= ended["duration"] < 3.0 + 10.0
@@ -210,11 +212,7 @@ async def test_max_duration_ends_with_a_goodbye(vad_model: vad.VAD) -> None:
 
 
 async def test_silence_gets_one_reprompt_then_a_goodbye(vad_model: vad.VAD) -> None:
-    call = harness(vad_model, [])
-    call.setup.agent = call.agent = call.agent.model_copy(
-        update={"limits": call.agent.limits.model_copy(update={"idle_timeout": 2})}
-    )
-    async with call:
+    async with harness(vad_model, [], limits={"idle_timeout": 2}) as call:
         ended = await call.wait_event(is_type("call_ended"), timeout=20)
         assert ended["reason"] == "idle_timeout"
         said = [e["text"] for e in call.of_type("transcript", role="agent")]
@@ -226,11 +224,7 @@ async def test_silence_gets_one_reprompt_then_a_goodbye(vad_model: vad.VAD) -> N
 async def test_speaking_after_the_reprompt_keeps_the_call(
     vad_model: vad.VAD, caller: Recording
 ) -> None:
-    call = harness(vad_model, [caller.text("question")])
-    call.setup.agent = call.agent = call.agent.model_copy(
-        update={"limits": call.agent.limits.model_copy(update={"idle_timeout": 2})}
-    )
-    async with call:
+    async with harness(vad_model, [caller.text("question")], limits={"idle_timeout": 2}) as call:
         await call.wait_event(
             is_type("transcript", role="agent", text=call.agent.messages.reprompt)
         )
@@ -272,6 +266,27 @@ async def test_placeholders_come_from_dispatch_metadata(vad_model: vad.VAD) -> N
     async with call:
         greeting = await call.wait_event(is_type("transcript", role="agent"))
         assert greeting["text"] == "Hi Sam x, welcome back."
+
+
+async def test_a_failing_llm_gets_apologies_then_ends_the_call_with_error(
+    vad_model: vad.VAD, caller: Recording, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = ("question", "barge_in", "goodbye")
+    async with harness(vad_model, [caller.text(line) for line in lines]) as call:
+        call.llm.fail = True
+        messages = call.agent.messages
+        await ask(call, caller.clip("question"))
+        for line in lines[1:]:
+            apology = is_type("transcript", role="agent", text=messages.error_apology)
+            await call.wait_event(apology, after=len(call.events))
+            await call.play(caller.clip(line))
+        ended = await call.wait_event(is_type("call_ended"), timeout=15)
+        assert ended["reason"] == "error"
+        said = [e["text"] for e in call.of_type("transcript", role="agent") if e["text"]]
+        assert said[1:] == [messages.error_apology] * 2 + [messages.error_goodbye]
+        assert call.llm.requests == [caller.text(line) for line in lines]
+    assert "llm error from FakeLLM (unrecoverable): fake LLM unreachable" in caplog.text
+    check_call_events(call.events)
 
 
 @pytest.mark.parametrize(
