@@ -172,6 +172,9 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
         except RoutingError as exc:
             fail(str(exc))
     import_plugins(registry)
+    # LiveKit's forkserver would otherwise load its local turn-detector weights (~244 MB) into
+    # every worker; no agent here uses them (turn detection is pinned to vad or stt)
+    os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
     try:
         server = create_server(VoiceWorker(settings, registry, pinned_agent=pinned))
     except SettingsError as exc:
