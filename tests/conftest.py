@@ -39,3 +39,6 @@ def pytest_runtest_makereport(
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true (not allowed): {report.longrepr}"
+
+
+pytest_plugins = ["pytester"]  # tests/unit/test_suite_rules.py checks the rules above

@@ -25,6 +25,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 
 from .agent import VoiceAgent
 from .config import AgentConfig
+from .logs import ContextLogger
 from .pipeline import build_session
 from .placeholders import placeholder_values
 from .protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
@@ -112,7 +113,7 @@ class CallResult:
 
 async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | None:
     """Run one call to its end over `transport`; None if the caller never joined."""
-    log = logging.LoggerAdapter(logger, {"call_id": setup.call_id, **setup.log_fields})
+    log = ContextLogger(logger, {"call_id": setup.call_id, **setup.log_fields})
     session = build_session(setup.agent, setup.providers, setup.vad)
     setup.providers.tts.prewarm()  # connect to the TTS while the caller is still joining
 
@@ -162,7 +163,7 @@ class Call(CallListener):
         session: AgentSession[Any],
         transport: CallTransport,
         caller: Caller,
-        log: logging.LoggerAdapter[logging.Logger],
+        log: ContextLogger,
     ) -> None:
         self.setup = setup
         self.session = session

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD)", re.IGNORECASE)
 MIN_SECRET_LEN = 6  # shorter values ("dev", "1") would mask ordinary words
@@ -50,6 +51,17 @@ class SecretRedactor(logging.Filter):
             ):
                 setattr(record, key, self.redact(value))
         return True
+
+
+class ContextLogger(logging.LoggerAdapter[logging.Logger]):
+    """Adds fixed context (ids) to every record, keeping each call's own `extra` too (the
+    standard adapter replaces it before Python 3.13)."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 def install_redaction(env: Mapping[str, str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -75,8 +76,9 @@ async def ask_and_listen(call: CallHarness, samples: np.ndarray, seconds: float)
 
 
 async def test_greets_first_then_answers_what_the_caller_asked(
-    vad_model: vad.VAD, caller: Recording
+    vad_model: vad.VAD, caller: Recording, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="worker")
     async with harness(vad_model, [caller.text("question")]) as call:
         greeting = await call.wait_event(is_type("transcript", role="agent"))
         assert greeting["text"] == "Hello, this is the test agent."
@@ -103,6 +105,14 @@ async def test_greets_first_then_answers_what_the_caller_asked(
     assert result is not None
     assert result.reason == EndReason.CALLER_LEFT
     check_call_events(call.events)
+    (summary,) = [r for r in caplog.records if r.getMessage().startswith("call ended:")]
+    assert summary.call_id == "CA_test"  # type: ignore[attr-defined]
+    assert summary.reason == "caller_left"  # type: ignore[attr-defined]
+    assert (summary.user_turns, summary.agent_turns) == (1, 2)  # type: ignore[attr-defined]
+    greeting_latency, latency = summary.turn_latency  # type: ignore[attr-defined]
+    assert greeting_latency["tts_node_ttfb"] >= call.tts.ttfb
+    assert 0 < latency["e2e_latency"] < 3, "per-turn latency from ChatMessage.metrics"
+    assert latency["llm_node_ttft"] >= call.llm.ttft
 
 
 async def test_talking_over_the_reply_stops_it_and_truncates_its_transcript(

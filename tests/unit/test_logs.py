@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from worker.logs import SecretRedactor, install_redaction, secret_values
+from worker.logs import ContextLogger, SecretRedactor, install_redaction, secret_values
 
 ENV = {
     "OPENAI_API_KEY": "sk-live-abcdef123456",
@@ -55,3 +55,11 @@ def test_installation_is_idempotent() -> None:
         assert sum(isinstance(f, SecretRedactor) for f in handler.filters) == 1
     finally:
         root.removeHandler(handler)
+
+
+def test_context_logger_keeps_both_its_context_and_each_call_extra() -> None:
+    log, stream = capture(SecretRedactor([]))
+    log.handlers[0].setFormatter(logging.Formatter("%(message)s %(call_id)s %(detail)s"))
+    log.setLevel(logging.INFO)
+    ContextLogger(log, {"call_id": "CA_1"}).info("ended", extra={"detail": "caller_left"})
+    assert stream.getvalue() == "ended CA_1 caller_left\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ import pytest
 from livekit import rtc
 from livekit.agents import JobContext, JobExecutorType, JobProcess, JobRequest
 from livekit.agents.job import JobAcceptArguments, RunningJobInfo
+from livekit.plugins import silero
 from livekit.protocol import agent as agent_proto
 from livekit.protocol import models
 
 from tests.harness import make_agent
 from worker.config import AgentRegistry, load_registry
+from worker.logs import SecretRedactor
 from worker.server import (
     SHUTDOWN_SIGNAL,
     VoiceWorker,
@@ -175,6 +178,20 @@ def test_the_server_is_configured_from_settings_and_agents(worker: VoiceWorker) 
     assert server._drain_timeout == 1200 + 60  # the longest example agent, plus the margin
     assert server._setup_fnc == worker.prewarm
     assert server._preload_modules == ["worker.server"]
+
+
+def test_prewarm_loads_the_vad_once_per_process_and_guards_logs(worker: VoiceWorker) -> None:
+    proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+    root = logging.getLogger()
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    try:
+        worker.prewarm(proc)
+    finally:
+        root.removeHandler(handler)
+    assert isinstance(proc.userdata["vad"], silero.VAD)
+    assert proc.userdata["vad"].min_silence_duration == worker.settings.vad.min_silence
+    assert any(isinstance(f, SecretRedactor) for f in handler.filters)
 
 
 def test_a_drain_timeout_shorter_than_a_call_is_refused() -> None:
