@@ -35,16 +35,29 @@ SPEECH_RMS = 300.0
 
 class FakeSTT(stt.STT[None]):
     """A streaming recognizer: each burst of speech it hears yields the next scripted transcript,
-    `latency` seconds after the burst ends (`None` in the script: heard, but no words)."""
+    `latency` seconds after the burst ends (`None` in the script: heard, but no words).
+
+    With `endpoint_silence=None` it never finalizes by itself: `transcribe_later` does, for
+    benchmarks that know exactly when the caller stopped."""
 
     def __init__(
-        self, script: list[str | None], *, latency: float = 0.15, endpoint_silence: float = 0.25
+        self,
+        script: list[str | None],
+        *,
+        latency: float = 0.15,
+        endpoint_silence: float | None = 0.25,
     ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=True))
         self.script: deque[str | None] = deque(script)
         self.latency = latency
         self.endpoint_silence = endpoint_silence
         self.transcripts: list[str] = []
+        self._stream: _FakeRecognizeStream | None = None
+
+    def transcribe_later(self, text: str) -> None:
+        """Send `text` as the final transcript `latency` seconds from now."""
+        assert self._stream is not None, "no recognition stream yet"
+        self._stream.emit_final_later(text)
 
     async def _recognize_impl(
         self,
@@ -61,7 +74,8 @@ class FakeSTT(stt.STT[None]):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> stt.RecognizeStream:
-        return _FakeRecognizeStream(self, conn_options)
+        self._stream = _FakeRecognizeStream(self, conn_options)
+        return self._stream
 
 
 class _FakeRecognizeStream(stt.RecognizeStream):
@@ -90,7 +104,7 @@ class _FakeRecognizeStream(stt.RecognizeStream):
                     words = (self._fake.script[0] or "").split()
                     if words:
                         self._send(stt.SpeechEventType.INTERIM_TRANSCRIPT, " ".join(words[:2]))
-            elif self._speech:
+            elif self._speech and self._fake.endpoint_silence is not None:
                 self._silence += item.duration
                 if self._silence >= self._fake.endpoint_silence:
                     self._finalize()
@@ -101,8 +115,10 @@ class _FakeRecognizeStream(stt.RecognizeStream):
         self._speech = self._silence = 0.0
         self._interim_sent = False
         text = self._fake.script.popleft() if self._fake.script else None
-        if text is None:
-            return
+        if text is not None:
+            self.emit_final_later(text)
+
+    def emit_final_later(self, text: str) -> None:
         task = asyncio.create_task(self._emit_final(text))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -93,7 +93,7 @@ class Endpointing(_Strict):
 
 class Interruption(_Strict):
     enabled: bool = True
-    min_duration: Annotated[float, Field(ge=0, le=5)] = 0.2
+    min_duration: Annotated[float, Field(ge=0, le=5)] = 0.15
     """Seconds of caller speech over the agent before it pauses (it resumes on a false alarm)."""
     min_words: Annotated[int, Field(ge=0, le=20)] = 0
     false_interruption_timeout: Annotated[float, Field(gt=0, le=10)] | None = 1.5
