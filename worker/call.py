@@ -66,6 +66,7 @@ class CallTransport(ABC):
     """How a call meets its caller."""
 
     label = "transport"
+    """Names the kind of transport in log lines."""
 
     def __init__(self) -> None:
         self.listener: CallListener | None = None
@@ -117,27 +118,34 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     session = build_session(setup.agent, setup.providers, setup.vad)
     setup.providers.tts.prewarm()  # connect to the TTS while the caller is still joining
 
-    caller = await transport.wait_for_caller(setup.agent.limits.join_timeout)
+    try:
+        caller = await transport.wait_for_caller(setup.agent.limits.join_timeout)
+    except Exception:
+        log.exception("could not reach the caller over %s", transport.label)
+        caller = None
+    else:
+        if caller is None:
+            log.warning(
+                "no caller joined within %ss, ending without a call",
+                setup.agent.limits.join_timeout,
+            )
     if caller is None:
-        log.warning(
-            "no caller joined within %ss, ending without a call", setup.agent.limits.join_timeout
-        )
         await _close_providers(setup.providers)
         await transport.close(None)
         return None
 
     values = placeholder_values(setup.agent, metadata=setup.metadata, attributes=caller.attributes)
-    call = Call(setup, session, transport, caller, log)
+    lines = {
+        name: setup.agent.render(text, values)
+        for name, text in setup.agent.messages.model_dump().items()
+    }
+    call = Call(setup, session=session, transport=transport, caller=caller, log=log, lines=lines)
     agent = VoiceAgent(
         instructions=setup.agent.render(setup.agent.instructions, values),
         greeting=setup.agent.render(setup.agent.greeting, values),
         greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
         on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
     )
-    call.lines = {
-        name: setup.agent.render(text, values)
-        for name, text in setup.agent.messages.model_dump().items()
-    }
     return await call.run(agent)
 
 
@@ -160,17 +168,19 @@ class Call(CallListener):
     def __init__(
         self,
         setup: CallSetup,
+        *,
         session: AgentSession[Any],
         transport: CallTransport,
         caller: Caller,
         log: ContextLogger,
+        lines: dict[str, str],
     ) -> None:
         self.setup = setup
         self.session = session
         self.transport = transport
         self.caller = caller
         self.log = log
-        self.lines: dict[str, str] = {}
+        self.lines = lines
         """The agent's fixed lines (`messages` in the config), placeholders filled."""
         self._encoder = EventEncoder(setup.call_id)
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -206,7 +216,10 @@ class Call(CallListener):
         try:
             await self.transport.start(self.session, agent, self.caller)
             self._started_at = time.monotonic()
-            self.log.info("call started", extra={"caller": self.caller.identity})
+            self.log.info(
+                "call started",
+                extra={"caller": self.caller.identity, "transport": self.transport.label},
+            )
         except Exception as exc:
             self.log.exception("call failed to start")
             self.request_end(EndReason.ERROR, detail=f"start failed: {exc}")
@@ -280,7 +293,7 @@ class Call(CallListener):
         self.request_end(
             EndReason.MAX_DURATION,
             detail=f"{self.setup.agent.limits.max_duration}s limit",
-            goodbye=self.lines.get("max_duration_goodbye"),
+            goodbye=self.lines["max_duration_goodbye"],
         )
 
     async def _on_shutdown(self, shutdown: asyncio.Event) -> None:
@@ -288,7 +301,7 @@ class Call(CallListener):
         self.request_end(
             EndReason.WORKER_SHUTDOWN,
             detail="worker shutting down",
-            goodbye=self.lines.get("shutdown_goodbye"),
+            goodbye=self.lines["shutdown_goodbye"],
         )
 
     # --- transport reports ----------------------------------------------------------------------
@@ -417,7 +430,7 @@ class Call(CallListener):
             self.request_end(
                 EndReason.ERROR,
                 detail=f"{self._provider_failures} provider failures in a row, last from {stage}",
-                goodbye=None if stage == "tts" else self.lines.get("error_goodbye"),
+                goodbye=None if stage == "tts" else self.lines["error_goodbye"],
             )
         elif stage == "llm":  # the caller would hear nothing otherwise
             with contextlib.suppress(RuntimeError):
@@ -459,7 +472,7 @@ class Call(CallListener):
         self.request_end(
             EndReason.IDLE_TIMEOUT,
             detail=f"silent for {self.setup.agent.limits.idle_timeout}s after a reprompt",
-            goodbye=self.lines.get("idle_goodbye"),
+            goodbye=self.lines["idle_goodbye"],
         )
 
     # --- events out -----------------------------------------------------------------------------

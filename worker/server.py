@@ -16,7 +16,7 @@ from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest, NotG
 from livekit.agents.types import NOT_GIVEN
 from livekit.agents.worker import ServerEnvOption, _DefaultLoadCalc
 
-from .call import CallSetup, new_call_id, run_call
+from .call import GOODBYE_TIMEOUT, CallSetup, new_call_id, run_call
 from .config import AgentConfig, AgentRegistry
 from .logs import install_redaction
 from .pipeline import load_vad
@@ -114,15 +114,21 @@ def listen_for_shutdown() -> asyncio.Event:
 
 
 class VoiceAgentServer(AgentServer):
-    """LiveKit's server, plus the signal 1.8.9 lacks: draining tells running calls to wrap up.
+    """LiveKit's server, plus the signal 1.8.9 lacks: stopping tells running calls to wrap up.
 
-    Without it a SIGTERM'd worker waits silently for calls to end on their own, then cuts them.
+    Without it a SIGTERM'd worker (`start`) waits silently for calls to end on their own, then
+    cuts them, and a stopped `dev` worker cuts them at once: no goodbye, no `call_ended`.
     """
 
     async def drain(self, timeout: NotGivenOr[int | None] = NOT_GIVEN) -> None:
         notified = notify_jobs_of_shutdown(self)
         logger.info("draining: asked %d running call(s) to say goodbye", notified)
         await super().drain(timeout)
+
+    async def aclose(self) -> None:
+        if not self._closed and (notified := notify_jobs_of_shutdown(self)):
+            logger.info("stopping: asked %d running call(s) to say goodbye", notified)
+        await super().aclose()
 
 
 def notify_jobs_of_shutdown(server: AgentServer) -> int:
@@ -149,6 +155,8 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
         load_threshold=1.0,  # `load` is 1.0 exactly at the call limit, in dev too
         num_idle_processes=ServerEnvOption(dev_default=1, prod_default=settings.idle_processes),
         initialize_process_timeout=settings.initialize_timeout,
+        # a stopping call may speak its goodbye (GOODBYE_TIMEOUT) before its process is killed
+        shutdown_process_timeout=GOODBYE_TIMEOUT + 5,
         drain_timeout=settings.resolved_drain_timeout(longest_call),
         port=ServerEnvOption(dev_default=0, prod_default=settings.health_port),
         prometheus_port=settings.prometheus_port,
