@@ -56,10 +56,6 @@ class PacedAudioInput(io.AudioInput):
         self._pending.append((samples.astype(np.int16), done))
         return done
 
-    @property
-    def playing(self) -> bool:
-        return bool(self._pending)
-
     def close(self) -> None:
         """End the input: the session sees the stream finish."""
         self._closed = True

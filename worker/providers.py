@@ -55,7 +55,7 @@ SPECS: dict[str, ProviderSpec] = {
         "livekit.plugins.openai.LLM",
         frozenset(
             {"api_key", "base_url", "model", "client", "temperature", "timeout"}
-            | {"max_completion_tokens", "max_retries"}
+            | {"max_completion_tokens", "max_retries"}  # `max_tokens`; retries via connect options
         ),
     ),
     "elevenlabs": ProviderSpec(
@@ -111,8 +111,8 @@ def check_registry(
     return problems
 
 
-def import_plugins(registry: AgentRegistry) -> list[str]:
-    """Import the plugins the configured agents use, plus Silero, and return their modules.
+def import_plugins(registry: AgentRegistry) -> None:
+    """Import the plugins the configured agents use, plus Silero.
 
     Done in the main process before the server starts: LiveKit registers imported plugins and
     preloads them into its forkserver, so job processes share them instead of importing them
@@ -126,7 +126,6 @@ def import_plugins(registry: AgentRegistry) -> list[str]:
     }
     for module in sorted(modules):
         importlib.import_module(module)
-    return sorted(modules)
 
 
 def stage_entries(agent: AgentConfig) -> list[tuple[str, ProviderEntry]]:
