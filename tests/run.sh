@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything CI checks, in order; each test group is its own step. Run from the repository root
-# after `pip install -c constraints.txt -e '.[dev]'`. A step that fails, or a test group that
+# after `bash setup.sh` (and `. .venv/bin/activate`). A step that fails, or a test group that
 # collects nothing, stops the run with a non-zero exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ ruff format --check .
 step "types (mypy)"
 mypy
 
-for group in unit pipeline; do
+for group in unit pipeline local; do
     step "tests: $group"
     python -m pytest -m "$group" -p no:cacheprovider
 done

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Coroutine
+from typing import Any
 
-from livekit.agents import Agent, RunContext, StopResponse, function_tool
+from livekit.agents import (
+    Agent,
+    FlushSentinel,
+    ModelSettings,
+    RunContext,
+    StopResponse,
+    function_tool,
+    llm,
+)
 
 
 class VoiceAgent(Agent):
@@ -17,14 +26,31 @@ class VoiceAgent(Agent):
         greeting: str,
         greeting_interruptible: bool,
         on_end_call: Callable[[], None],
+        max_history: int | None = None,
     ) -> None:
         super().__init__(instructions=instructions)
         self._greeting = greeting
         self._greeting_interruptible = greeting_interruptible
         self._on_end_call = on_end_call
+        self._max_history = max_history
 
     async def on_enter(self) -> None:
         self.session.say(self._greeting, allow_interruptions=self._greeting_interruptible)
+
+    def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> (
+        AsyncIterable[llm.ChatChunk | str | FlushSentinel]
+        | Coroutine[Any, Any, AsyncIterable[llm.ChatChunk | str | FlushSentinel]]
+        | Coroutine[Any, Any, str]
+        | Coroutine[Any, Any, llm.ChatChunk]
+        | Coroutine[Any, Any, None]
+    ):
+        """The default LLM step, on the last `max_history` items only (small models loop on
+        long contexts); the instructions are always kept."""
+        if self._max_history is not None:
+            chat_ctx = chat_ctx.copy().truncate(max_items=self._max_history)
+        return Agent.default.llm_node(self, chat_ctx, tools, model_settings)
 
     @function_tool
     async def end_call(self, ctx: RunContext[None]) -> None:

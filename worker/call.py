@@ -41,6 +41,9 @@ SETTLE_TIMEOUT = 0.5
 """How long an ending call waits for interrupted speech to report what was played."""
 MAX_PROVIDER_FAILURES = 3
 """Unrecoverable provider errors in a row (no real reply between them) that end a call."""
+INPUT_SETTLE = 2.5
+"""Seconds of quiet after a recorded caller's audio is over before the call ends: covers a last
+utterance still being transcribed when the recording ends."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class CallListener(ABC):
 
     @abstractmethod
     def transport_lost(self, reason: EndReason, detail: str) -> None: ...
+
+    @abstractmethod
+    def input_ended(self) -> None:
+        """The caller's audio is over for good (a recording): end once the agent is done."""
 
 
 class CallTransport(ABC):
@@ -145,6 +152,7 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         greeting=setup.agent.render(setup.agent.greeting, values),
         greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
         on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
+        max_history=setup.agent.llm[0].max_history,
     )
     return await call.run(agent)
 
@@ -192,6 +200,7 @@ class Call(CallListener):
         self._user_speaking = False
         self._idle_timer: asyncio.TimerHandle | None = None
         self._reprompted = False
+        self._input_over = False
         # the user's turn so far, for interim transcripts
         self._turn_finals: list[str] = []
         # agent speech not yet reported, so the ending can wait for its transcript
@@ -331,6 +340,11 @@ class Call(CallListener):
     def transport_lost(self, reason: EndReason, detail: str) -> None:
         self.request_end(reason, detail=detail, stop_audio=True)
 
+    def input_ended(self) -> None:
+        self._input_over = True
+        self._cancel_idle_timer()  # from now on, quiet means the call is over, not idle
+        self._update_idle_timer()
+
     # --- session events -------------------------------------------------------------------------
 
     def _subscribe(self) -> None:
@@ -449,10 +463,9 @@ class Call(CallListener):
         if not silent or self._ending.done():
             self._cancel_idle_timer()
         elif self._idle_timer is None:
+            timeout = INPUT_SETTLE if self._input_over else self.setup.agent.limits.idle_timeout
             loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(
-                self.setup.agent.limits.idle_timeout, self._on_idle_timeout
-            )
+            self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
@@ -461,6 +474,9 @@ class Call(CallListener):
 
     def _on_idle_timeout(self) -> None:
         self._idle_timer = None
+        if self._input_over:
+            self.request_end(EndReason.INPUT_ENDED, detail="the recording is over")
+            return
         if not self._reprompted:
             self._reprompted = True
             self.log.info(

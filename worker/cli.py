@@ -1,4 +1,4 @@
-"""`python -m worker`: LiveKit's worker commands, plus `agents` and `route`.
+"""`python -m worker`: LiveKit's worker commands, plus `agents`, `route`, `simulate` and `setup`.
 
 `start`, `dev`, `console`, `connect` and `download-files` are LiveKit Agents' own commands (same
 options, same semantics); they are built only when invoked, after the agent configs load and
@@ -7,12 +7,16 @@ validate, so `--help`, `agents` and `route` stay fast and need no keys.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from dotenv import load_dotenv
@@ -21,7 +25,13 @@ from .config import AgentRegistry, ConfigError, load_registry
 from .routing import RoutingError, parse_room
 from .settings import SettingsError, WorkerSettings
 
+if TYPE_CHECKING:
+    from .local_runtime import LocalRuntime
+    from .providers import Resolution
+
 PROG = "python -m worker"
+DEV_COMMANDS = ("dev", "console", "connect", "simulate")
+"""Commands where a cloud provider without its key falls back to the local one."""
 
 app = typer.Typer(
     name=PROG,
@@ -58,32 +68,50 @@ def _registry(settings: WorkerSettings) -> AgentRegistry:
         fail(str(exc))
 
 
+def _resolved(registry: AgentRegistry, *, command: str) -> Resolution:
+    """The agents with the providers `command` will use; stops on problems, notes fallbacks."""
+    from .providers import check_registry, resolve
+
+    if problems := check_registry(registry):
+        fail(str(ConfigError(problems)))
+    resolution = resolve(registry, os.environ, allow_local=command in DEV_COMMANDS)
+    if resolution.problems and command != "download-files":
+        fail(str(ConfigError(resolution.problems)))
+    for line in resolution.fallbacks:
+        typer.echo(f"warning: {line}", err=True)
+    return resolution
+
+
 @app.command()
 def agents(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the configured agents and the providers each stage will use."""
-    from .providers import SPECS, check_registry, stage_entries
+    """List the configured agents and the providers each stage will use, in `dev` and `start`."""
+    from .providers import STAGES, check_registry, describe, resolve
 
     registry = _registry(_settings())
-    if problems := check_registry(registry, os.environ, need_keys=False):
+    if problems := check_registry(registry):
         fail(str(ConfigError(problems)))
+    dev = resolve(registry, os.environ, allow_local=True)
+    start = resolve(registry, os.environ, allow_local=False)
     rows = []
-    for agent in registry:
-        stages: dict[str, list[str]] = {"stt": [], "llm": [], "tts": []}
-        for where, entry in stage_entries(agent):
-            label = f"{entry.provider}:{entry.model or 'default'}"
-            if not os.environ.get(SPECS[entry.provider].key_env):
-                label += f" (needs {SPECS[entry.provider].key_env})"
-            stages[where.split("[")[0]].append(label)
-        rows.append({"id": agent.id, "name": agent.name, "file": agent.source, **stages})
+    for agent, resolved in zip(registry, dev.registry, strict=True):
+        row: dict[str, object] = {"id": agent.id, "name": agent.name, "file": agent.source}
+        for stage in STAGES:
+            row[stage] = [describe(entry) for entry in getattr(resolved, stage)]
+        problems = [p for p in start.problems if p.startswith(f"{agent.source}:")]
+        row["start"] = "ready" if not problems else "refused: " + "; ".join(problems)
+        rows.append(row)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         typer.echo(f"{row['id']}  {row['name']}  ({row['file']})")
-        for stage in ("stt", "llm", "tts"):
-            typer.echo(f"    {stage}: {' -> '.join(row[stage])}")
+        for stage in STAGES:
+            typer.echo(f"    {stage}: {' -> '.join(row[stage])}")  # type: ignore[arg-type]
+        typer.echo(f"    start: {row['start']}")
+    for line in dev.fallbacks:
+        typer.echo(f"note: {line}")
 
 
 @app.command()
@@ -102,6 +130,129 @@ def route(room_name: Annotated[str, typer.Argument(help="The LiveKit room name."
         "timestamp": room.timestamp_ms,
     }
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def setup() -> None:
+    """Prepare the bundled local models (assemble and verify Whisper; check Piper and the LLM)."""
+    from .local_llm import bundled_model
+    from .local_stt import LocalModelError, ensure_bundled_model
+    from .local_tts import bundled_voice
+
+    try:
+        typer.echo(f"whisper: {ensure_bundled_model()} (sha256 verified)")
+        typer.echo(f"piper voice: {bundled_voice()}")
+        typer.echo(f"llm: {bundled_model()}")
+    except LocalModelError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def simulate(
+    *,
+    agent: Annotated[str, typer.Option("--agent", help="Agent id (or unique 8+ prefix).")],
+    audio: Annotated[Path, typer.Option("--audio", help="The caller's recording (PCM WAV).")],
+    audio_out: Annotated[
+        Path | None, typer.Option("--audio-out", help="Write the agent's audio here (WAV).")
+    ] = None,
+    events_out: Annotated[
+        Path | None, typer.Option("--events-out", help="Also write the events here (JSON lines).")
+    ] = None,
+    metadata: Annotated[
+        str, typer.Option("--metadata", help="Dispatch metadata, a JSON object.")
+    ] = "",
+    max_seconds: Annotated[
+        int, typer.Option("--max-seconds", min=1, help="End the call after this many seconds.")
+    ] = 120,
+    log_level: Annotated[str, typer.Option("--log-level", help="Logs go to stderr.")] = "WARNING",
+) -> None:
+    """Run one call from a recording, offline if needed: events on stdout (JSON lines)."""
+    from .simulate import SimulateError, events_only_stdout, read_wav, simulate_call, write_wav
+
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings()
+    resolution = _resolved(_registry(settings), command="simulate")
+    try:
+        config = resolution.registry.get(agent)
+        recording = read_wav(audio)
+    except (RoutingError, SimulateError) as exc:
+        fail(str(exc))
+    if metadata:
+        try:
+            if not isinstance(json.loads(metadata), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            fail(f"--metadata must be a JSON object ({exc})")
+    one_agent = AgentRegistry([config])
+    with local_models(one_agent) as llm_url, events_only_stdout() as stdout:
+        runtime = _load_runtime(one_agent, settings, llm_url)
+        sink = events_out.open("w", encoding="utf-8") if events_out else None
+
+        def emit(packet: bytes) -> None:
+            line = packet.decode("utf-8")
+            stdout.write(line + "\n")
+            if sink is not None:
+                sink.write(line + "\n")
+
+        try:
+            simulated = asyncio.run(
+                simulate_call(
+                    config,
+                    recording,
+                    runtime=runtime,
+                    env=dict(os.environ),
+                    on_event=emit,
+                    metadata=metadata,
+                    max_seconds=max_seconds,
+                )
+            )
+        finally:
+            if sink is not None:
+                sink.close()
+    if audio_out is not None:
+        from .simulate import AGENT_RATE
+
+        write_wav(audio_out, simulated.agent_audio, AGENT_RATE)
+    if simulated.result is None or simulated.result.reason.value == "error":
+        raise typer.Exit(1)
+
+
+def _load_runtime(
+    registry: AgentRegistry, settings: WorkerSettings, llm_url: str | None
+) -> LocalRuntime:
+    from .local_runtime import LocalRuntime
+    from .pipeline import load_vad
+
+    return LocalRuntime.load(registry, vad_model=load_vad(settings.vad), llm_url=llm_url)
+
+
+@contextmanager
+def local_models(registry: AgentRegistry) -> Iterator[str | None]:
+    """Prepare the local models the agents use: their libraries checked, the bundled Whisper
+    model assembled once (here, before any job process needs it), and the worker's LLM server
+    for as long as the block runs; yields the server's URL."""
+    from .config import LocalLLM, LocalSTT
+    from .local_llm import LocalLLMServer
+    from .local_runtime import default_threads, local_entries, missing_packages
+    from .local_stt import LocalModelError, ensure_bundled_model
+
+    if missing := missing_packages(registry):
+        fail("; ".join(missing))
+    try:
+        if any(entry.model is None for entry in local_entries(registry, LocalSTT)):
+            ensure_bundled_model()
+        entries = local_entries(registry, LocalLLM)
+        server = LocalLLMServer(entries[0].model, threads=default_threads()) if entries else None
+        url = server.start() if server else None
+    except LocalModelError as exc:
+        fail(str(exc))
+    try:
+        yield url
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _livekit_command(name: str, summary: str, *, takes_agent: bool) -> None:
@@ -142,7 +293,7 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
     """Load and check everything a worker needs, then hand over to LiveKit's command."""
     from livekit.agents.cli._legacy import _build_cli
 
-    from .providers import check_registry, import_plugins
+    from .providers import import_plugins
     from .server import VoiceWorker, create_server
 
     settings = _settings()
@@ -160,9 +311,7 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
             typer.echo(f"{PROG} {name} also takes --agent ID (env WORKER_AGENT_ID): {AGENT_HELP}\n")
         registry = AgentRegistry([])
     else:
-        registry = _registry(settings)
-        if problems := check_registry(registry, os.environ, need_keys=name != "download-files"):
-            fail(str(ConfigError(problems)))
+        registry = _resolved(_registry(settings), command=name).registry
     pinned: str | None = None
     if name in ("console", "connect") and not help_only:
         if not agent:
@@ -175,11 +324,13 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
     # LiveKit's forkserver would otherwise load its local turn-detector weights (~244 MB) into
     # every worker; no agent here uses them (turn detection is pinned to vad or stt)
     os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
-    try:
-        server = create_server(VoiceWorker(settings, registry, pinned_agent=pinned))
-    except SettingsError as exc:
-        fail(str(exc))
-    _build_cli(server)(args=[name, *args], prog_name=PROG)
+    with local_models(registry) as llm_url:
+        try:
+            worker = VoiceWorker(settings, registry, pinned_agent=pinned, local_llm_url=llm_url)
+            server = create_server(worker)
+        except SettingsError as exc:
+            fail(str(exc))
+        _build_cli(server)(args=[name, *args], prog_name=PROG)
 
 
 def _pop_option(args: list[str], option: str) -> tuple[list[str], str | None]:

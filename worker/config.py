@@ -55,34 +55,73 @@ class _ProviderBase(_Strict):
     """One provider of a stage. The first entry of a stage is primary, the rest are fallbacks."""
 
     model: str | None = None
-    base_url: str | None = Field(default=None, pattern=r"^(https?|wss?)://\S+$")
     timeout: Seconds = 5.0
     """Seconds for one attempt to connect (and, for the LLM, between streamed chunks)."""
     retries: Annotated[int, Field(ge=0, le=5)] = 1
     retry_interval: Annotated[float, Field(ge=0, le=10)] = 0.5
+
+
+class _CloudProvider(_ProviderBase):
+    base_url: str | None = Field(default=None, pattern=r"^(https?|wss?)://\S+$")
     options: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for the provider's LiveKit plugin, checked at start."""
 
 
-class DeepgramSTT(_ProviderBase):
+class DeepgramSTT(_CloudProvider):
     provider: Literal["deepgram"]
 
 
-class OpenAILLM(_ProviderBase):
+class OpenAILLM(_CloudProvider):
+    """OpenAI, or any OpenAI-compatible endpoint (Ollama, vLLM, llama.cpp) through `base_url`."""
+
     provider: Literal["openai"]
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(gt=0, le=4096)] | None = None
+    max_history: Annotated[int, Field(ge=2, le=1000)] | None = None
+    """Conversation items sent with each request (the instructions are always kept)."""
 
 
-class ElevenLabsTTS(_ProviderBase):
+class ElevenLabsTTS(_CloudProvider):
     provider: Literal["elevenlabs"]
     voice: str | None = None
 
 
-STTProvider = Annotated[DeepgramSTT, Field(discriminator="provider")]
-LLMProvider = Annotated[OpenAILLM, Field(discriminator="provider")]
-TTSProvider = Annotated[ElevenLabsTTS, Field(discriminator="provider")]
-ProviderEntry = DeepgramSTT | OpenAILLM | ElevenLabsTTS
+class LocalSTT(_ProviderBase):
+    """faster-whisper on the CPU; `model` is a CTranslate2 model directory or a model name (a
+    name needs internet once). Default: the bundled "base" model."""
+
+    provider: Literal["local"]
+    beam_size: Annotated[int, Field(ge=1, le=5)] = 1
+    no_speech_threshold: Annotated[float, Field(ge=0, le=1)] = 0.6
+    log_prob_threshold: Annotated[float, Field(le=0)] = -1.0
+    """A segment is dropped as a hallucination when it is likely silence (`no_speech_threshold`)
+    and Whisper is unsure of it (average log-probability below this)."""
+
+
+class LocalLLM(_ProviderBase):
+    """A small model served by the worker itself (llama.cpp); `model` is a GGUF file. Default:
+    the bundled SmolLM2-135M, good for trying the pipeline, not for answering callers."""
+
+    provider: Literal["local"]
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
+    max_tokens: Annotated[int, Field(gt=0, le=4096)] = 80
+    max_history: Annotated[int, Field(ge=2, le=1000)] | None = 8
+
+
+class LocalTTS(_ProviderBase):
+    """Piper in process; `voice` is a Piper .onnx voice. Default: the bundled US English voice."""
+
+    provider: Literal["local"]
+    voice: str | None = None
+    speed: Annotated[float, Field(gt=0.25, le=4)] = 1.0
+
+
+STTProvider = Annotated[DeepgramSTT | LocalSTT, Field(discriminator="provider")]
+LLMProvider = Annotated[OpenAILLM | LocalLLM, Field(discriminator="provider")]
+TTSProvider = Annotated[ElevenLabsTTS | LocalTTS, Field(discriminator="provider")]
+CloudEntry = DeepgramSTT | OpenAILLM | ElevenLabsTTS
+LocalEntry = LocalSTT | LocalLLM | LocalTTS
+ProviderEntry = CloudEntry | LocalEntry
 
 
 class Endpointing(_Strict):
@@ -151,6 +190,9 @@ class AgentConfig(_Strict):
     turn_taking: TurnTaking = TurnTaking()
     limits: Limits = Limits()
     messages: Messages = Messages()
+    local_fallback: bool = False
+    """Let `start` replace a cloud provider whose key is missing by the local one. Off: production
+    should never answer callers with a small local model by accident."""
     source: str = Field(default="", exclude=True)
     """The file this config came from (set by the loader, used in error messages)."""
 
@@ -300,7 +342,7 @@ def _describe(error: Any) -> str:
         f"[{part}]" if isinstance(part, int) else str(part) for part in error["loc"]
     ).replace(".[", "[")
     # discriminated unions add the tag to the location (stt[0].deepgram.model): drop it
-    for tag in ("deepgram.", "openai.", "elevenlabs."):
+    for tag in ("deepgram.", "openai.", "elevenlabs.", "local."):
         location = location.replace(tag, "")
     message = str(error["msg"]).removeprefix("Value error, ")
     # model-level checks name their field at the start of the message themselves

@@ -1,8 +1,11 @@
-"""STT, LLM and TTS instances for one call, built from an agent's config as LiveKit plugin
-instances (never hosted-inference model strings), with short connect options and fallbacks.
+"""STT, LLM and TTS instances for one call, built from an agent's config: LiveKit plugin
+instances (never hosted-inference model strings) or the worker's local models, with short
+connect options and fallbacks.
 
-Keys come from the environment only. Each provider's `base_url` can be overridden by an
-environment variable, which is how tests point the real plugins at local stand-ins.
+Keys come from the environment only. Each cloud provider's `base_url` can be overridden by an
+environment variable, which is how tests point the real plugins at local stand-ins. Which
+providers a stage actually uses is decided once, at start (`resolve`): a cloud provider without
+its key falls back to the local one in development, and stops `start` unless the agent allows it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from livekit.agents import APIConnectOptions, llm, stt, tts
@@ -20,21 +23,34 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from .config import (
     AgentConfig,
     AgentRegistry,
+    CloudEntry,
     DeepgramSTT,
     ElevenLabsTTS,
+    LocalLLM,
+    LocalSTT,
+    LocalTTS,
     OpenAILLM,
     ProviderEntry,
 )
+from .local_runtime import LocalRuntime
 
 OUTPUT_SAMPLE_RATE = 24000
 """The room output rate: ElevenLabs streams raw PCM at this rate, so nothing is resampled or
 decoded on the hot path."""
 STT_SAMPLE_RATE = 16000
+STAGES = ("stt", "llm", "tts")
+LOCAL_DEFAULTS: dict[str, ProviderEntry] = {
+    "stt": LocalSTT(provider="local"),
+    "llm": LocalLLM(provider="local"),
+    "tts": LocalTTS(provider="local"),
+}
+LOCAL_API_KEY = "local"  # the local LLM server checks no key; the OpenAI client needs one
+LOCAL_REPEAT_PENALTY = 1.3
 
 
 @dataclass(frozen=True)
 class ProviderSpec:
-    """What the worker needs to know about one provider before constructing it."""
+    """What the worker needs to know about one cloud provider before constructing it."""
 
     key_env: str
     base_url_env: str
@@ -67,7 +83,6 @@ SPECS: dict[str, ProviderSpec] = {
 }
 DEFAULT_MODELS = {"deepgram": "nova-3", "openai": "gpt-4.1-mini", "elevenlabs": "eleven_flash_v2_5"}
 
-
 AnySTT = stt.STT[Any]
 AnyLLM = llm.LLM[Any]
 AnyTTS = tts.TTS[Any]
@@ -83,47 +98,100 @@ class Providers:
     conn_options: SessionConnectOptions
 
 
-def connect_options(entry: ProviderEntry) -> APIConnectOptions:
-    return APIConnectOptions(
-        max_retry=entry.retries, retry_interval=entry.retry_interval, timeout=entry.timeout
-    )
+@dataclass
+class Resolution:
+    """The agents as they will run: each stage's providers after key checks and fallbacks."""
+
+    registry: AgentRegistry
+    fallbacks: list[str] = field(default_factory=list)
+    """Cloud providers replaced by the local ones, one line each (logged once at start)."""
+    problems: list[str] = field(default_factory=list)
+    """Missing keys that stop the worker, naming file, field and variable."""
 
 
-def check_registry(
-    registry: AgentRegistry, env: Mapping[str, str], *, need_keys: bool
-) -> list[str]:
-    """Problems that would only show during a call, found at start: unknown plugin options and,
-    when `need_keys`, missing API keys. Each names the agent file and the field."""
+def has_key(entry: CloudEntry, env: Mapping[str, str]) -> bool:
+    """Whether a cloud provider can be used: its key is set, or (for an OpenAI-compatible
+    endpoint of your own, e.g. Ollama) a `base_url` points elsewhere than OpenAI."""
+    if env.get(SPECS[entry.provider].key_env):
+        return True
+    return isinstance(entry, OpenAILLM) and bool(entry.base_url or env.get("OPENAI_BASE_URL"))
+
+
+def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: bool) -> Resolution:
+    """Decide every stage's providers: a cloud provider without its key is replaced by the local
+    provider when `allow_local` (development) or the agent opts in (`local_fallback`)."""
+    resolution = Resolution(AgentRegistry([]))
+    agents = []
+    for agent in registry:
+        updates: dict[str, list[ProviderEntry]] = {}
+        for stage in STAGES:
+            entries: list[ProviderEntry] = []
+            for i, entry in enumerate(getattr(agent, stage)):
+                if isinstance(entry, LocalSTT | LocalLLM | LocalTTS) or has_key(entry, env):
+                    entries.append(entry)
+                    continue
+                where = f"{agent.source}: {stage}[{i}]: {entry.provider}"
+                key = SPECS[entry.provider].key_env
+                if not (allow_local or agent.local_fallback):
+                    resolution.problems.append(
+                        f"{where} needs {key} in the environment "
+                        "(or `local_fallback: true` in the agent to use the local provider)"
+                    )
+                    continue
+                resolution.fallbacks.append(f"{where} has no {key}: using the local provider")
+                if LOCAL_DEFAULTS[stage] not in entries:
+                    entries.append(LOCAL_DEFAULTS[stage])
+            updates[stage] = entries
+        agents.append(agent.model_copy(update=updates))
+    resolution.registry = AgentRegistry(agents)
+    local_llms = {
+        entry.model for _, entry in all_entries(resolution.registry) if isinstance(entry, LocalLLM)
+    }
+    if len(local_llms) > 1:
+        resolution.problems.append(
+            f"agents use {len(local_llms)} different local LLM models; a worker serves one"
+        )
+    return resolution
+
+
+def check_registry(registry: AgentRegistry) -> list[str]:
+    """Plugin options that would only fail during a call, found at start (file and field)."""
     problems: list[str] = []
     for agent in registry:
-        for stage, entry in stage_entries(agent):
+        for where, entry in stage_entries(agent):
+            if isinstance(entry, LocalSTT | LocalLLM | LocalTTS):
+                continue
             spec = SPECS[entry.provider]
-            where = f"{agent.source}: {stage}"
             for option in entry.options:
                 if option in spec.reserved:
-                    problems.append(f"{where}.options.{option}: set by the worker, not in options")
+                    problems.append(
+                        f"{agent.source}: {where}.options.{option}: set by the worker, "
+                        "not in options"
+                    )
                 elif option not in _constructor_args(spec.plugin):
-                    problems.append(f"{where}.options.{option}: not an option of {spec.plugin}")
-            if need_keys and not env.get(spec.key_env):
-                problems.append(
-                    f"{where}: {entry.provider} needs {spec.key_env} in the environment"
-                )
+                    problems.append(
+                        f"{agent.source}: {where}.options.{option}: not an option of {spec.plugin}"
+                    )
     return problems
 
 
 def import_plugins(registry: AgentRegistry) -> None:
-    """Import the plugins the configured agents use, plus Silero.
+    """Import the provider modules the configured agents use, plus Silero.
 
     Done in the main process before the server starts: LiveKit registers imported plugins and
     preloads them into its forkserver, so job processes share them instead of importing them
     (seconds) on their first call.
     """
     modules = {"livekit.plugins.silero"}
-    modules |= {
-        SPECS[entry.provider].plugin.rpartition(".")[0]
-        for agent in registry
-        for _, entry in stage_entries(agent)
-    }
+    for _, entry in all_entries(registry):
+        if isinstance(entry, LocalSTT):
+            modules |= {"worker.local_stt", "faster_whisper"}
+        elif isinstance(entry, LocalTTS):
+            modules |= {"worker.local_tts", "piper"}
+        elif isinstance(entry, LocalLLM):
+            modules.add("livekit.plugins.openai")
+        else:
+            modules.add(SPECS[entry.provider].plugin.rpartition(".")[0])
     for module in sorted(modules):
         importlib.import_module(module)
 
@@ -140,11 +208,29 @@ def stage_entries(agent: AgentConfig) -> list[tuple[str, ProviderEntry]]:
     ]
 
 
-def build_providers(agent: AgentConfig, env: Mapping[str, str]) -> Providers:
-    """Construct the plugin instances for one call (this opens no connection yet)."""
-    stt_instances = [_build_stt(e, agent, env) for e in agent.stt]
-    llm_instances = [_build_llm(e, env) for e in agent.llm]
-    tts_instances = [_build_tts(e, agent, env) for e in agent.tts]
+def all_entries(registry: AgentRegistry) -> list[tuple[AgentConfig, ProviderEntry]]:
+    return [(agent, entry) for agent in registry for _, entry in stage_entries(agent)]
+
+
+def describe(entry: ProviderEntry) -> str:
+    """A short label: `deepgram:nova-3`, `local:whisper`, ..."""
+    if isinstance(entry, LocalSTT):
+        return f"local:whisper-{entry.model or 'base (bundled)'}"
+    if isinstance(entry, LocalLLM):
+        return f"local:{entry.model or 'SmolLM2-135M (bundled)'}"
+    if isinstance(entry, LocalTTS):
+        return f"local:piper-{entry.voice or 'joe (bundled)'}"
+    return f"{entry.provider}:{entry.model or DEFAULT_MODELS[entry.provider]}"
+
+
+def build_providers(
+    agent: AgentConfig, env: Mapping[str, str], local: LocalRuntime | None = None
+) -> Providers:
+    """Construct one call's providers (this opens no connection yet). `local` holds this
+    process's local models; it is needed only when the agent uses local providers."""
+    stt_instances = [_build_stt(e, agent, env, local) for e in agent.stt]
+    llm_instances = [_build_llm(e, env, local) for e in agent.llm]
+    tts_instances = [_build_tts(e, agent, env, local) for e in agent.tts]
     return Providers(
         stt=_chain(stt_instances, agent.stt, stt.FallbackAdapter),
         llm=_chain(llm_instances, agent.llm, llm.FallbackAdapter),
@@ -160,9 +246,13 @@ def build_providers(agent: AgentConfig, env: Mapping[str, str]) -> Providers:
     )
 
 
-def stage_options(
-    entries: list[DeepgramSTT] | list[OpenAILLM] | list[ElevenLabsTTS],
-) -> APIConnectOptions:
+def connect_options(entry: ProviderEntry) -> APIConnectOptions:
+    return APIConnectOptions(
+        max_retry=entry.retries, retry_interval=entry.retry_interval, timeout=entry.timeout
+    )
+
+
+def stage_options(entries: Sequence[ProviderEntry]) -> APIConnectOptions:
     """The session's connect options for a stage: the provider's own, or for a fallback chain no
     extra retries around it (each provider retries on its own, then the next one takes over)."""
     if len(entries) == 1:
@@ -170,7 +260,31 @@ def stage_options(
     return APIConnectOptions(max_retry=0, retry_interval=0, timeout=max(e.timeout for e in entries))
 
 
-def _build_stt(entry: DeepgramSTT, agent: AgentConfig, env: Mapping[str, str]) -> AnySTT:
+def _need(local: LocalRuntime | None) -> LocalRuntime:
+    if local is None:
+        raise RuntimeError("local providers need the process's LocalRuntime")
+    return local
+
+
+def _build_stt(
+    entry: DeepgramSTT | LocalSTT,
+    agent: AgentConfig,
+    env: Mapping[str, str],
+    local: LocalRuntime | None,
+) -> AnySTT:
+    if isinstance(entry, LocalSTT):
+        from .local_stt import WhisperSTT
+
+        runtime = _need(local)
+        whisper = WhisperSTT(
+            runtime.whispers[entry.model],
+            language=agent.language,
+            beam_size=entry.beam_size,
+            no_speech_threshold=entry.no_speech_threshold,
+            log_prob_threshold=entry.log_prob_threshold,
+        )
+        return stt.StreamAdapter(stt=whisper, vad=runtime.vad)
+
     from livekit.plugins import deepgram
 
     return deepgram.STT(
@@ -183,13 +297,28 @@ def _build_stt(entry: DeepgramSTT, agent: AgentConfig, env: Mapping[str, str]) -
     )
 
 
-def _build_llm(entry: OpenAILLM, env: Mapping[str, str]) -> AnyLLM:
+def _build_llm(
+    entry: OpenAILLM | LocalLLM, env: Mapping[str, str], local: LocalRuntime | None
+) -> AnyLLM:
     from livekit.agents import NOT_GIVEN
     from livekit.plugins import openai
 
+    if isinstance(entry, LocalLLM):
+        url = _need(local).llm_url
+        if url is None:
+            raise RuntimeError("the local LLM server is not running")
+        return openai.LLM(
+            model="local",
+            base_url=url,
+            api_key=LOCAL_API_KEY,
+            temperature=entry.temperature,
+            max_completion_tokens=entry.max_tokens,
+            # llama.cpp's own sampler setting: small models loop without it
+            extra_body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
+        )
     return openai.LLM(
         model=entry.model or DEFAULT_MODELS["openai"],
-        api_key=env.get(SPECS["openai"].key_env, ""),
+        api_key=env.get(SPECS["openai"].key_env) or LOCAL_API_KEY,  # keyless own endpoints
         base_url=_base_url(entry, env) or NOT_GIVEN,
         temperature=entry.temperature if entry.temperature is not None else NOT_GIVEN,
         max_completion_tokens=entry.max_tokens or NOT_GIVEN,
@@ -197,7 +326,18 @@ def _build_llm(entry: OpenAILLM, env: Mapping[str, str]) -> AnyLLM:
     )
 
 
-def _build_tts(entry: ElevenLabsTTS, agent: AgentConfig, env: Mapping[str, str]) -> AnyTTS:
+def _build_tts(
+    entry: ElevenLabsTTS | LocalTTS,
+    agent: AgentConfig,
+    env: Mapping[str, str],
+    local: LocalRuntime | None,
+) -> AnyTTS:
+    if isinstance(entry, LocalTTS):
+        from .local_tts import PiperTTS
+
+        piper = PiperTTS(_need(local).voices[entry.voice], speed=entry.speed)
+        return tts.StreamAdapter(tts=piper)
+
     from livekit.agents import NOT_GIVEN
     from livekit.plugins import elevenlabs
 
@@ -213,14 +353,16 @@ def _build_tts(entry: ElevenLabsTTS, agent: AgentConfig, env: Mapping[str, str])
     )
 
 
-def _base_url(entry: ProviderEntry, env: Mapping[str, str]) -> str | None:
+def _base_url(entry: CloudEntry, env: Mapping[str, str]) -> str | None:
     return env.get(SPECS[entry.provider].base_url_env) or entry.base_url
 
 
 P = TypeVar("P", AnySTT, AnyLLM, AnyTTS)
 
 
-def _chain(instances: list[P], entries: list[Any], adapter: Callable[[list[P]], P]) -> P:
+def _chain(
+    instances: list[P], entries: Sequence[ProviderEntry], adapter: Callable[[list[P]], P]
+) -> P:
     """One provider as is; several behind LiveKit's FallbackAdapter, each keeping its own connect
     options (the adapter would otherwise impose one timeout and retry count on all of them)."""
     if len(instances) == 1:

@@ -18,6 +18,7 @@ from livekit.agents.worker import ServerEnvOption, _DefaultLoadCalc
 
 from .call import GOODBYE_TIMEOUT, CallSetup, new_call_id, run_call
 from .config import AgentConfig, AgentRegistry
+from .local_runtime import LocalRuntime
 from .logs import install_redaction
 from .pipeline import load_vad
 from .providers import build_providers
@@ -36,12 +37,20 @@ class VoiceWorker:
     """Routes rooms to agents and runs their calls. Picklable: it travels to job processes."""
 
     def __init__(
-        self, settings: WorkerSettings, registry: AgentRegistry, *, pinned_agent: str | None = None
+        self,
+        settings: WorkerSettings,
+        registry: AgentRegistry,
+        *,
+        pinned_agent: str | None = None,
+        local_llm_url: str | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
+        """The agents as they run: providers already resolved (see `providers.resolve`)."""
         self.pinned_agent = pinned_agent
         """Set by `console` / `connect --agent`: their rooms have no routable name."""
+        self.local_llm_url = local_llm_url
+        """The main process's local LLM server, when some agent uses it."""
 
     # --- main process ---------------------------------------------------------------------------
 
@@ -65,9 +74,12 @@ class VoiceWorker:
     # --- job processes --------------------------------------------------------------------------
 
     def prewarm(self, proc: JobProcess) -> None:
-        """Once per process, before any job: the VAD model and the log guard."""
+        """Once per process, before any job: the log guard, the VAD and the local models the
+        agents use (none, with cloud providers only)."""
         install_redaction()
-        proc.userdata["vad"] = load_vad(self.settings.vad)
+        proc.userdata["local"] = LocalRuntime.load(
+            self.registry, vad_model=load_vad(self.settings.vad), llm_url=self.local_llm_url
+        )
 
     async def entrypoint(self, ctx: JobContext) -> None:
         try:
@@ -82,11 +94,12 @@ class VoiceWorker:
         call_id = new_call_id()
         fields = {"room": ctx.job.room.name, "job_id": ctx.job.id, "agent_id": agent.id}
         ctx.log_context_fields = {**fields, "call_id": call_id}
+        local: LocalRuntime = ctx.proc.userdata["local"]
         setup = CallSetup(
             agent=agent,
             call_id=call_id,
-            vad=ctx.proc.userdata["vad"],
-            providers=build_providers(agent, os.environ),
+            vad=local.vad,
+            providers=build_providers(agent, os.environ, local),
             metadata=ctx.job.metadata or "",
             shutdown=listen_for_shutdown(),
             log_fields=fields,

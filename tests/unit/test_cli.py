@@ -36,13 +36,21 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         assert command in result.stdout
 
 
-def test_agents_lists_agents_and_providers_without_keys(tmp_path: Path) -> None:
+def test_agents_shows_the_providers_each_stage_will_use(tmp_path: Path) -> None:
     result = run("agents", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     agents = {a["id"]: a for a in json.loads(result.stdout)}
     support = agents["5b710eca-ee67-4c3a-aeb6-8b541f451b40"]
-    assert support["stt"] == ["deepgram:nova-3 (needs DEEPGRAM_API_KEY)"]
-    assert support["llm"] == ["openai:gpt-4.1-mini (needs OPENAI_API_KEY)"]
+    assert support["stt"] == ["local:whisper-base (bundled)"], "no key: local in development"
+    assert support["llm"] == ["local:SmolLM2-135M (bundled)"]
+    assert support["start"].startswith("refused: ")
+    assert "deepgram needs DEEPGRAM_API_KEY" in support["start"]
+    keys = {"DEEPGRAM_API_KEY": "x" * 8, "OPENAI_API_KEY": "x" * 8, "ELEVEN_API_KEY": "x" * 8}
+    result = run("agents", "--json", cwd=tmp_path, **keys)
+    agents = {a["id"]: a for a in json.loads(result.stdout)}
+    support = agents["5b710eca-ee67-4c3a-aeb6-8b541f451b40"]
+    assert support["stt"] == ["deepgram:nova-3"]
+    assert support["start"] == "ready"
     assert len(agents["hotel-concierge"]["tts"]) == 2
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from livekit.agents import APIConnectOptions, llm, stt, tts
 from livekit.plugins import deepgram, elevenlabs, openai
 
 from tests.fakes import FakeLLM
 from tests.harness import make_agent
-from worker.config import AgentRegistry
-from worker.providers import build_providers, check_registry, pin_connect_options
+from worker.config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
+from worker.providers import (
+    build_providers,
+    check_registry,
+    describe,
+    pin_connect_options,
+    resolve,
+)
 
 KEYS = {"DEEPGRAM_API_KEY": "dg-test", "OPENAI_API_KEY": "sk-test", "ELEVEN_API_KEY": "el-test"}
 
@@ -93,23 +96,73 @@ async def test_pinned_options_win_over_what_the_caller_passes() -> None:
         await stream.aclose()
 
 
-def test_missing_keys_and_bad_options_are_found_at_start(tmp_path: Path) -> None:
+def test_unknown_and_reserved_plugin_options_are_found_at_start() -> None:
     agent = make_agent(
         stt=[{"provider": "deepgram", "options": {"smart_format": True, "no_such_option": 1}}],
         tts=[{"provider": "elevenlabs", "options": {"api_key": "inline"}}],
     ).model_copy(update={"source": "prompts/a.md"})
-    registry = AgentRegistry([agent])
-    problems = check_registry(registry, {}, need_keys=True)
-    assert (
-        "prompts/a.md: stt[0].options.no_such_option: not an option of livekit.plugins.deepgram.STT"
-        in problems
+    problems = check_registry(AgentRegistry([agent]))
+    assert problems == [
+        "prompts/a.md: stt[0].options.no_such_option: "
+        "not an option of livekit.plugins.deepgram.STT",
+        "prompts/a.md: tts[0].options.api_key: set by the worker, not in options",
+    ]
+    assert check_registry(AgentRegistry([make_agent()])) == []
+
+
+def sourced(**overrides: object) -> AgentRegistry:
+    return AgentRegistry([make_agent(**overrides).model_copy(update={"source": "prompts/a.md"})])
+
+
+def test_start_refuses_cloud_providers_without_keys() -> None:
+    resolution = resolve(sourced(), {"DEEPGRAM_API_KEY": "dg"}, allow_local=False)
+    assert resolution.problems == [
+        "prompts/a.md: llm[0]: openai needs OPENAI_API_KEY in the environment "
+        "(or `local_fallback: true` in the agent to use the local provider)",
+        "prompts/a.md: tts[0]: elevenlabs needs ELEVEN_API_KEY in the environment "
+        "(or `local_fallback: true` in the agent to use the local provider)",
+    ]
+    assert resolve(sourced(), KEYS, allow_local=False).problems == []
+
+
+def test_development_falls_back_to_local_providers_and_says_so() -> None:
+    resolution = resolve(sourced(), {"DEEPGRAM_API_KEY": "dg"}, allow_local=True)
+    assert resolution.problems == []
+    (agent,) = resolution.registry
+    assert [describe(e) for e in agent.stt] == ["deepgram:nova-3"]
+    assert [describe(e) for e in agent.llm] == ["local:SmolLM2-135M (bundled)"]
+    assert [describe(e) for e in agent.tts] == ["local:piper-joe (bundled)"]
+    assert resolution.fallbacks == [
+        "prompts/a.md: llm[0]: openai has no OPENAI_API_KEY: using the local provider",
+        "prompts/a.md: tts[0]: elevenlabs has no ELEVEN_API_KEY: using the local provider",
+    ]
+
+
+def test_an_agent_can_opt_in_to_local_fallback_in_start() -> None:
+    resolution = resolve(sourced(local_fallback=True), {}, allow_local=False)
+    assert resolution.problems == []
+    (agent,) = resolution.registry
+    assert all(
+        isinstance(e, LocalSTT | LocalLLM | LocalTTS) for e in [*agent.stt, *agent.llm, *agent.tts]
     )
-    assert "prompts/a.md: tts[0].options.api_key: set by the worker, not in options" in problems
-    assert "prompts/a.md: llm[0]: openai needs OPENAI_API_KEY in the environment" in problems
-    assert not any("smart_format" in p for p in problems)
-    assert not any("API_KEY" in p for p in check_registry(registry, KEYS, need_keys=True))
 
 
-@pytest.mark.parametrize("stage", ["stt", "llm", "tts"])
-def test_no_provider_needs_a_key_to_be_checked(stage: str) -> None:
-    assert check_registry(AgentRegistry([make_agent()]), {}, need_keys=False) == []
+def test_a_keyless_openai_compatible_endpoint_is_kept() -> None:
+    registry = sourced(llm=[{"provider": "openai", "base_url": "http://127.0.0.1:11434/v1"}])
+    (agent,) = resolve(registry, {}, allow_local=False).registry
+    assert describe(agent.llm[0]) == "openai:gpt-4.1-mini"
+
+
+def test_a_chain_without_keys_collapses_to_one_local_provider() -> None:
+    registry = sourced(tts=[{"provider": "elevenlabs"}, {"provider": "elevenlabs", "model": "m2"}])
+    (agent,) = resolve(registry, {}, allow_local=True).registry
+    assert [describe(e) for e in agent.tts] == ["local:piper-joe (bundled)"]
+    keyed = resolve(registry, {"ELEVEN_API_KEY": "el"}, allow_local=True).registry
+    assert len(next(iter(keyed)).tts) == 2
+
+
+def test_one_local_llm_model_per_worker() -> None:
+    a = make_agent(id="agent-a", llm=[{"provider": "local", "model": "/models/a.gguf"}])
+    b = make_agent(id="agent-b", llm=[{"provider": "local", "model": "/models/b.gguf"}])
+    problems = resolve(AgentRegistry([a, b]), {}, allow_local=True).problems
+    assert problems == ["agents use 2 different local LLM models; a worker serves one"]

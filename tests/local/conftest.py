@@ -1,0 +1,82 @@
+"""Tests with the real local models (Whisper, SmolLM2 through llama.cpp, Piper)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jiwer
+import numpy as np
+import pytest
+from livekit import rtc
+
+from worker.local_runtime import default_threads
+from worker.local_stt import WhisperSTT, load_whisper
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+NORMALIZE = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.ExpandCommonEnglishContractions(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after normalising case, punctuation and contractions."""
+    return float(
+        jiwer.wer(
+            reference, hypothesis, reference_transform=NORMALIZE, hypothesis_transform=NORMALIZE
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def whisper_model() -> WhisperModel:
+    return load_whisper(None, threads=default_threads())
+
+
+@pytest.fixture(scope="session")
+def whisper(whisper_model: WhisperModel) -> WhisperSTT:
+    return WhisperSTT(whisper_model, language="en")
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16), w.getframerate()
+
+
+def speech_segments(samples: np.ndarray, rate: int, *, gap: float = 0.4) -> list[np.ndarray]:
+    """The stretches of `samples` that are not silent, cut at silences of `gap` seconds."""
+    frame = rate // 50
+    loud = [
+        float(np.sqrt(np.mean(samples[i : i + frame].astype(np.float64) ** 2))) > 100
+        for i in range(0, len(samples) - frame, frame)
+    ]
+    segments, start, quiet = [], None, 0
+    for index, is_loud in enumerate([*loud, False]):
+        if is_loud:
+            start = index if start is None else start
+            quiet = 0
+        elif start is not None:
+            quiet += 1
+            if quiet * 0.02 >= gap or index == len(loud):
+                segments.append(samples[start * frame : (index - quiet + 1) * frame])
+                start, quiet = None, 0
+    return segments
+
+
+def to_16k_float(samples: np.ndarray, rate: int) -> np.ndarray:
+    if rate != 16000:
+        resampler = rtc.AudioResampler(rate, 16000, quality=rtc.AudioResamplerQuality.HIGH)
+        frames = resampler.push(rtc.AudioFrame(samples.tobytes(), rate, 1, len(samples)))
+        frames += resampler.flush()
+        samples = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+    return samples.astype(np.float32) / 32768.0

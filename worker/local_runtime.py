@@ -1,0 +1,81 @@
+"""The local models a process holds: loaded once per process, only those some agent uses.
+
+Thread counts are pinned for a small machine: whatever each model gets, the caller's audio, the
+event loop and the other calls share the same cores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from livekit.agents.vad import VAD
+
+from .config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+    from piper import PiperVoice
+
+
+def default_threads() -> int:
+    """Inference threads per model: the machine's cores, at most 2 (`WORKER_LOCAL_THREADS`)."""
+    return int(os.environ.get("WORKER_LOCAL_THREADS") or min(os.cpu_count() or 1, 2))
+
+
+@dataclass
+class LocalRuntime:
+    """What a call needs to build local providers in this process."""
+
+    vad: VAD
+    llm_url: str | None = None
+    """The worker's local LLM server (…/v1), when some agent uses the local LLM."""
+    whispers: dict[str | None, WhisperModel] = field(default_factory=dict)
+    voices: dict[str | None, PiperVoice] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, registry: AgentRegistry, *, vad_model: VAD, llm_url: str | None) -> LocalRuntime:
+        """Load every local STT and TTS model the agents use (blocking: call it in prewarm)."""
+        from .local_stt import load_whisper
+        from .local_tts import load_piper
+
+        runtime = cls(vad=vad_model, llm_url=llm_url)
+        threads = default_threads()
+        for stt_entry in local_entries(registry, LocalSTT):
+            if stt_entry.model not in runtime.whispers:
+                runtime.whispers[stt_entry.model] = load_whisper(stt_entry.model, threads=threads)
+        for tts_entry in local_entries(registry, LocalTTS):
+            if tts_entry.voice not in runtime.voices:
+                runtime.voices[tts_entry.voice] = load_piper(tts_entry.voice, threads=1)
+        return runtime
+
+
+def missing_packages(registry: AgentRegistry) -> list[str]:
+    """The local stack's libraries the agents need but this environment lacks."""
+    import importlib.util
+
+    needed = [
+        ("local STT", "faster_whisper", bool(local_entries(registry, LocalSTT))),
+        ("local LLM", "xllamacpp", bool(local_entries(registry, LocalLLM))),
+        ("local TTS", "piper", bool(local_entries(registry, LocalTTS))),
+    ]
+    return [
+        f"the {what} needs the {module} package: run `bash setup.sh`"
+        for what, module, used in needed
+        if used and importlib.util.find_spec(module) is None
+    ]
+
+
+E = TypeVar("E", LocalSTT, LocalLLM, LocalTTS)
+
+
+def local_entries(registry: AgentRegistry, kind: type[E]) -> list[E]:
+    """Every local entry of one kind across the agents, in config order."""
+    stages = {LocalSTT: "stt", LocalLLM: "llm", LocalTTS: "tts"}
+    return [
+        entry
+        for agent in registry
+        for entry in getattr(agent, stages[kind])
+        if isinstance(entry, kind)
+    ]

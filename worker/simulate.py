@@ -1,0 +1,138 @@
+"""`python -m worker simulate`: one whole call from a recording, through the worker's own call.
+
+The caller's WAV (any rate, mono or stereo) is played into the session in real time, then
+silence; the agent's audio is written on the caller's timeline (silence where the agent is
+silent); the client events are printed as JSON lines, exactly what an app in the room would get.
+The call ends with `input_ended` once the recording is over and the agent has answered, or at
+`--max-seconds` (a `max_duration` ending).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .call import Caller, CallResult, CallSetup, new_call_id, run_call
+from .config import AgentConfig
+from .local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
+from .local_runtime import LocalRuntime
+from .providers import build_providers
+
+AGENT_RATE = 24000
+
+
+class SimulateError(ValueError):
+    """Bad input for a simulated call; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    samples: np.ndarray  # int16 mono
+    rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.rate
+
+
+def read_wav(path: Path) -> Recording:
+    """A PCM WAV file as int16 mono samples (stereo is mixed down)."""
+    if not path.is_file():
+        raise SimulateError(f"{path}: no such file")
+    try:
+        with wave.open(str(path)) as w:
+            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise SimulateError(f"{path}: not a PCM WAV file ({exc})") from None
+    if width != 2:
+        raise SimulateError(f"{path}: {8 * width}-bit samples; 16-bit PCM is supported")
+    samples = np.frombuffer(frames, dtype=np.int16)
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
+    if not len(samples):
+        raise SimulateError(f"{path}: the recording is empty")
+    return Recording(samples, rate)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.astype(np.int16).tobytes())
+
+
+@dataclass
+class Simulated:
+    result: CallResult | None
+    agent_audio: np.ndarray
+    """int16 mono at `AGENT_RATE`, index 0 = the start of the recording."""
+
+
+async def simulate_call(
+    agent: AgentConfig,
+    recording: Recording,
+    *,
+    runtime: LocalRuntime,
+    env: dict[str, str],
+    on_event: Callable[[bytes], None],
+    metadata: str = "",
+    max_seconds: int = 120,
+) -> Simulated:
+    """Run the call; the agent's audio covers at least the recording."""
+    limits = agent.limits.model_copy(
+        update={"max_duration": min(agent.limits.max_duration, max_seconds)}
+    )
+    agent = agent.model_copy(update={"limits": limits})
+    clock = CallClock()
+    audio_in = PacedAudioInput(clock, sample_rate=recording.rate)
+    speaker = VirtualSpeaker(clock, sample_rate=AGENT_RATE)
+    transport = LocalTransport(
+        audio_in=audio_in, speaker=speaker, on_event=on_event, caller=Caller(identity="caller")
+    )
+
+    def recording_over(_: object) -> None:
+        if transport.listener is not None:
+            transport.listener.input_ended()
+
+    audio_in.play(recording.samples).add_done_callback(recording_over)
+    setup = CallSetup(
+        agent=agent,
+        call_id=new_call_id(),
+        vad=runtime.vad,
+        providers=build_providers(agent, env, runtime),
+        metadata=metadata,
+    )
+    result = await run_call(setup, transport)
+    audio = speaker.timeline
+    minimum = int(recording.duration * AGENT_RATE)
+    if len(audio) < minimum:
+        audio = np.concatenate([audio, np.zeros(minimum - len(audio), dtype=np.int16)])
+    return Simulated(result, audio)
+
+
+@contextlib.contextmanager
+def events_only_stdout() -> Iterator[IO[str]]:
+    """Yield a stream to the real stdout and send everything else written to fd 1 (C libraries
+    included) to stderr, so stdout carries only the events."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    events = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8")
+    try:
+        yield events
+    finally:
+        events.flush()
+        events.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
