@@ -195,6 +195,22 @@ async def test_the_caller_leaving_ends_the_call_once(vad_model: vad.VAD, caller:
     check_call_events(call.events)
 
 
+async def test_a_finished_recording_ends_the_call_once_the_agent_has_answered(
+    vad_model: vad.VAD, caller: Recording
+) -> None:
+    async with harness(vad_model, [caller.text("question")]) as call:
+        await ask(call, caller.clip("question"))
+        call.transport.listener.input_ended()  # type: ignore[union-attr]
+        ended = await call.wait_event(is_type("call_ended"), timeout=20)
+        assert ended["reason"] == "input_ended"
+        answer = call.of_type("transcript", role="agent")[-1]
+        assert answer["text"] == ANSWER, "the question was answered before the call ended"
+        assert answer["interrupted"] is False
+        said = [e["text"] for e in call.of_type("transcript", role="agent")]
+        assert call.agent.messages.reprompt not in said, "no reprompt once the recording is over"
+    check_call_events(call.events)
+
+
 async def test_the_agent_hangs_up_with_its_end_call_tool(
     vad_model: vad.VAD, caller: Recording
 ) -> None:

@@ -117,3 +117,28 @@ def test_a_dotenv_file_is_loaded_but_the_environment_wins(tmp_path: Path) -> Non
     assert "prompts directory not found" in run("agents", cwd=tmp_path).stderr
     result = run("agents", cwd=tmp_path, WORKER_PROMPTS_DIR=str(ROOT / "prompts"))
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agent", "5b710eca", "--audio", "missing.wav"], "missing.wav: no such file"),
+        (["--agent", "5b710eca", "--audio", "notes.txt"], "notes.txt: not a PCM WAV file"),
+        (["--agent", "nobody", "--audio", "notes.txt"], "no configured agent matches 'nobody'"),
+        (
+            ["--agent", "5b710eca", "--audio", "call.wav", "--metadata", "[1]"],
+            "--metadata must be a JSON object",
+        ),
+    ],
+)
+def test_simulate_rejects_bad_input_in_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("not audio")
+    (tmp_path / "call.wav").write_bytes((ROOT / "tests/fixtures/caller_basic.wav").read_bytes())
+    result = run("simulate", *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stdout == "", "stdout carries events only"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert message in errors[0]

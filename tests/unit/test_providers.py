@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from livekit.agents import APIConnectOptions, llm, stt, tts
 from livekit.plugins import deepgram, elevenlabs, openai
 
 from tests.fakes import FakeLLM
 from tests.harness import make_agent
 from worker.config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
+from worker.local_runtime import missing_packages
 from worker.providers import (
     build_providers,
     check_registry,
@@ -166,3 +168,17 @@ def test_one_local_llm_model_per_worker() -> None:
     b = make_agent(id="agent-b", llm=[{"provider": "local", "model": "/models/b.gguf"}])
     problems = resolve(AgentRegistry([a, b]), {}, allow_local=True).problems
     assert problems == ["agents use 2 different local LLM models; a worker serves one"]
+
+
+def test_a_missing_local_library_is_reported_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "piper" else real(name)
+    )
+    registry = AgentRegistry([make_agent(tts=[{"provider": "local"}])])
+    assert missing_packages(registry) == [
+        "the local TTS needs the piper package: run `bash setup.sh`"
+    ]
+    assert missing_packages(AgentRegistry([make_agent()])) == []
