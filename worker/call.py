@@ -153,6 +153,7 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
         on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
         max_history=setup.agent.llm[0].max_history,
+        warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
     )
     return await call.run(agent)
 

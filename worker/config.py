@@ -106,6 +106,9 @@ class LocalLLM(_ProviderBase):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
     max_tokens: Annotated[int, Field(gt=0, le=4096)] = 80
     max_history: Annotated[int, Field(ge=2, le=1000)] | None = 8
+    warm_prompt: bool = True
+    """Send the instructions once while the greeting plays, so the model has them cached (its
+    first answer would otherwise wait for the whole prompt to be read)."""
 
 
 class LocalTTS(_ProviderBase):
@@ -114,6 +117,8 @@ class LocalTTS(_ProviderBase):
     provider: Literal["local"]
     voice: str | None = None
     speed: Annotated[float, Field(gt=0.25, le=4)] = 1.0
+    first_clause: bool = True
+    """Speak a reply's first clause as soon as it is written, not its whole first sentence."""
 
 
 STTProvider = Annotated[DeepgramSTT | LocalSTT, Field(discriminator="provider")]

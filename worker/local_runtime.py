@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+import numpy as np
 from livekit.agents.vad import VAD
 
 from .config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
@@ -24,6 +25,11 @@ def default_threads() -> int:
     return int(os.environ.get("WORKER_LOCAL_THREADS") or min(os.cpu_count() or 1, 2))
 
 
+def llm_threads() -> int:
+    """Threads of the local LLM server (`WORKER_LLM_THREADS`, default `default_threads()`)."""
+    return int(os.environ.get("WORKER_LLM_THREADS") or default_threads())
+
+
 @dataclass
 class LocalRuntime:
     """What a call needs to build local providers in this process."""
@@ -35,8 +41,11 @@ class LocalRuntime:
     voices: dict[str | None, PiperVoice] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, registry: AgentRegistry, *, vad_model: VAD, llm_url: str | None) -> LocalRuntime:
-        """Load every local STT and TTS model the agents use (blocking: call it in prewarm)."""
+    def load(
+        cls, registry: AgentRegistry, *, vad_model: VAD, llm_url: str | None, warm: bool = True
+    ) -> LocalRuntime:
+        """Load every local STT and TTS model the agents use (blocking: call it in prewarm).
+        `warm` runs each once, so a call's first turn does not pay for lazy initialisation."""
         from .local_stt import load_whisper
         from .local_tts import load_piper
 
@@ -44,10 +53,17 @@ class LocalRuntime:
         threads = default_threads()
         for stt_entry in local_entries(registry, LocalSTT):
             if stt_entry.model not in runtime.whispers:
-                runtime.whispers[stt_entry.model] = load_whisper(stt_entry.model, threads=threads)
+                whisper = load_whisper(stt_entry.model, threads=threads)
+                if warm:
+                    silence = np.zeros(16000, dtype=np.float32)
+                    list(whisper.transcribe(silence, language="en", beam_size=1)[0])
+                runtime.whispers[stt_entry.model] = whisper
         for tts_entry in local_entries(registry, LocalTTS):
             if tts_entry.voice not in runtime.voices:
-                runtime.voices[tts_entry.voice] = load_piper(tts_entry.voice, threads=1)
+                voice = load_piper(tts_entry.voice, threads=1)
+                if warm:
+                    list(voice.synthesize("Hello there."))
+                runtime.voices[tts_entry.voice] = voice
         return runtime
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, tts
+from livekit.agents.tokenize import blingfire
+from livekit.agents.tokenize.token_stream import BufferedSentenceStream
+from livekit.agents.tokenize.tokenizer import SentenceStream, SentenceTokenizer
 
 from .local_stt import LocalModelError
 
@@ -52,6 +56,38 @@ def load_piper(voice: str | None, *, threads: int) -> PiperVoice:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         ),
     )
+
+
+CLAUSE_END = re.compile(r"[,;:](?=\s)")
+
+
+class ClauseFirstTokenizer(SentenceTokenizer):
+    """Sentences, except that a reply's first clause goes out on its own, so Piper starts
+    speaking while the LLM is still writing the rest of the first sentence."""
+
+    def __init__(self, *, min_words: int = 4) -> None:
+        self._sentences = blingfire.SentenceTokenizer()
+        self._min_words = min_words
+
+    def tokenize(self, text: str, *, language: str | None = None) -> list[str]:
+        return self._sentences.tokenize(text, language=language)
+
+    def stream(self, *, language: str | None = None) -> SentenceStream:
+        first = True
+
+        def split(text: str) -> list[str]:
+            nonlocal first
+            if first:
+                for match in CLAUSE_END.finditer(text):
+                    clause, rest = text[: match.end()], text[match.end() :].lstrip()
+                    if len(clause.split()) >= self._min_words and rest:
+                        first = False
+                        return [clause, rest]
+            pieces = self._sentences.tokenize(text, language=language)
+            first = first and len(pieces) < 2  # a whole first sentence goes out as well
+            return pieces
+
+        return BufferedSentenceStream(tokenizer=split, min_token_len=1, min_ctx_len=10)
 
 
 class PiperTTS(tts.TTS[None]):

@@ -333,10 +333,13 @@ def _build_tts(
     local: LocalRuntime | None,
 ) -> AnyTTS:
     if isinstance(entry, LocalTTS):
-        from .local_tts import PiperTTS
+        from livekit.agents import NOT_GIVEN as DEFAULT_TOKENIZER
+
+        from .local_tts import ClauseFirstTokenizer, PiperTTS
 
         piper = PiperTTS(_need(local).voices[entry.voice], speed=entry.speed)
-        return tts.StreamAdapter(tts=piper)
+        tokenizer = ClauseFirstTokenizer() if entry.first_clause else DEFAULT_TOKENIZER
+        return tts.StreamAdapter(tts=piper, sentence_tokenizer=tokenizer)
 
     from livekit.agents import NOT_GIVEN
     from livekit.plugins import elevenlabs

