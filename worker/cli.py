@@ -173,12 +173,12 @@ def simulate(
         stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     settings = _settings()
-    resolution = _resolved(_registry(settings), command="simulate")
     try:
-        config = resolution.registry.get(agent)
+        chosen = _registry(settings).get(agent)
         recording = read_wav(audio)
     except (RoutingError, SimulateError) as exc:
         fail(str(exc))
+    (config,) = _resolved(AgentRegistry([chosen]), command="simulate").registry
     if metadata:
         try:
             if not isinstance(json.loads(metadata), dict):
@@ -306,20 +306,24 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
             if not drain.isdigit():
                 fail(f"--drain-timeout {drain!r} is not a whole number of seconds")
             settings = replace(settings, drain_timeout=int(drain))
+    pinned: str | None = None
     if help_only:
         if name in ("console", "connect"):
             typer.echo(f"{PROG} {name} also takes --agent ID (env WORKER_AGENT_ID): {AGENT_HELP}\n")
         registry = AgentRegistry([])
     else:
-        registry = _resolved(_registry(settings), command=name).registry
-    pinned: str | None = None
-    if name in ("console", "connect") and not help_only:
-        if not agent:
-            fail(f"{name} needs --agent ID (or WORKER_AGENT_ID): its room name cannot be routed")
-        try:
-            pinned = registry.get(agent).id
-        except RoutingError as exc:
-            fail(str(exc))
+        registry = _registry(settings)
+        if name in ("console", "connect"):  # one agent: only its providers are prepared
+            if not agent:
+                fail(
+                    f"{name} needs --agent ID (or WORKER_AGENT_ID): its room name cannot be routed"
+                )
+            try:
+                registry = AgentRegistry([registry.get(agent)])
+            except RoutingError as exc:
+                fail(str(exc))
+            pinned = next(iter(registry)).id
+        registry = _resolved(registry, command=name).registry
     import_plugins(registry)
     # LiveKit's forkserver would otherwise load its local turn-detector weights (~244 MB) into
     # every worker; no agent here uses them (turn detection is pinned to vad or stt)

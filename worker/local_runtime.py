@@ -26,8 +26,11 @@ def default_threads() -> int:
 
 
 def llm_threads() -> int:
-    """Threads of the local LLM server (`WORKER_LLM_THREADS`, default `default_threads()`)."""
-    return int(os.environ.get("WORKER_LLM_THREADS") or default_threads())
+    """Threads of the local LLM server (`WORKER_LLM_THREADS`): one core fewer than the machine
+    has, at most 4. Measured on 2 cores: an LLM generating on both starves Piper, and the first
+    answer comes 2x later (bench/local_latency.py)."""
+    cores = os.cpu_count() or 1
+    return int(os.environ.get("WORKER_LLM_THREADS") or max(1, min(cores - 1, 4)))
 
 
 @dataclass

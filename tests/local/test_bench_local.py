@@ -1,0 +1,17 @@
+"""The offline-stack benchmark keeps working (its numbers are reported by
+`python -m bench.local_latency`, not asserted here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.local_latency import VARIANTS, one_call
+
+
+@pytest.mark.timeout(240)
+async def test_one_benchmark_call_with_the_worker_defaults_yields_measurements() -> None:
+    result = await one_call(VARIANTS["optimized"])
+    assert len(result["answer_ms"]) == 3, "one answer per caller turn"
+    assert len(result["stop_ms"]) == 2, "two barge-ins"
+    assert all(value > 0 for value in result["answer_ms"] + result["stop_ms"])
+    assert result["stt_ms"], "LiveKit reported the transcription delay of each turn"
