@@ -62,12 +62,16 @@ CLAUSE_END = re.compile(r"[,;:](?=\s)")
 
 
 class ClauseFirstTokenizer(SentenceTokenizer):
-    """Sentences, except that a reply's first clause goes out on its own, so Piper starts
-    speaking while the LLM is still writing the rest of the first sentence."""
+    """Sentences, except that a reply's first piece goes out early, so Piper starts speaking
+    while the LLM is still writing: at the first clause boundary after `min_words`, or after
+    `first_words` words when the model writes no punctuation. Later sentences longer than
+    `max_words` are cut too, so a run-on reply still streams."""
 
-    def __init__(self, *, min_words: int = 4) -> None:
+    def __init__(self, *, min_words: int = 4, first_words: int = 8, max_words: int = 30) -> None:
         self._sentences = blingfire.SentenceTokenizer()
         self._min_words = min_words
+        self._first_words = first_words
+        self._max_words = max_words
 
     def tokenize(self, text: str, *, language: str | None = None) -> list[str]:
         return self._sentences.tokenize(text, language=language)
@@ -84,7 +88,12 @@ class ClauseFirstTokenizer(SentenceTokenizer):
                         first = False
                         return [clause, rest]
             pieces = self._sentences.tokenize(text, language=language)
-            first = first and len(pieces) < 2  # a whole first sentence goes out as well
+            limit = self._first_words if first else self._max_words
+            if pieces and len(pieces[0].split()) > limit:
+                words = text.split(" ")  # a run-on: cut it at a word boundary
+                head = " ".join(words[:limit])
+                pieces = [head, text[len(head) :].lstrip()]
+            first = first and len(pieces) < 2  # the first piece is out
             return pieces
 
         return BufferedSentenceStream(tokenizer=split, min_token_len=1, min_ctx_len=10)
