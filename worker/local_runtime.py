@@ -20,17 +20,23 @@ if TYPE_CHECKING:
     from piper import PiperVoice
 
 
+def cores() -> int:
+    """CPU cores this process may use: the container's limit, not the host's count."""
+    from livekit.agents.utils.hw import get_cpu_monitor
+
+    return max(1, int(get_cpu_monitor().cpu_count()))
+
+
 def default_threads() -> int:
-    """Inference threads per model: the machine's cores, at most 2 (`WORKER_LOCAL_THREADS`)."""
-    return int(os.environ.get("WORKER_LOCAL_THREADS") or min(os.cpu_count() or 1, 2))
+    """Inference threads per model: the cores, at most 2 (`WORKER_LOCAL_THREADS`)."""
+    return int(os.environ.get("WORKER_LOCAL_THREADS") or min(cores(), 2))
 
 
 def llm_threads() -> int:
-    """Threads of the local LLM server (`WORKER_LLM_THREADS`): one core fewer than the machine
-    has, at most 4. Measured on 2 cores: an LLM generating on both starves Piper, and the first
-    answer comes 2x later (bench/local_latency.py)."""
-    cores = os.cpu_count() or 1
-    return int(os.environ.get("WORKER_LLM_THREADS") or max(1, min(cores - 1, 4)))
+    """Threads of the local LLM server (`WORKER_LLM_THREADS`): one core fewer than the process
+    may use, at most 4. Measured on 2 cores: an LLM generating on both starves Piper, and the
+    first answer comes 2x later (bench/local_latency.py)."""
+    return int(os.environ.get("WORKER_LLM_THREADS") or max(1, min(cores() - 1, 4)))
 
 
 @dataclass
