@@ -26,7 +26,7 @@ import numpy as np
 from livekit.agents import vad
 
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, Reply
-from tests.harness import CallHarness, Recording, is_type, make_agent
+from tests.harness import FakeCallHarness, Recording, is_type, make_agent
 from worker.config import AgentConfig
 from worker.pipeline import load_vad
 from worker.settings import VADSettings
@@ -54,7 +54,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], VADSettings]] = {
 }
 
 
-def loud_windows(call: CallHarness, start: float) -> np.ndarray:
+def loud_windows(call: FakeCallHarness, start: float) -> np.ndarray:
     """For each 10 ms window from `start` on: was the agent audible?"""
     rate = call.speaker.sample_rate or 24000
     samples = call.speaker.timeline[int(start * rate) :].astype(np.float64)
@@ -70,7 +70,7 @@ async def one_call(agent: AgentConfig, vad_model: vad.VAD, caller: Recording) ->
     # the whole reply at the first token, as in the reference measurement: token pacing would add
     # the same sentence-buffering delay to both configurations and hide what differs
     llm = FakeLLM(lambda _text: Reply(ANSWER), ttft=0.3, token_interval=0.0)
-    async with CallHarness(agent, vad_model=vad_model, stt=stt, llm=llm, tts=FakeTTS()) as call:
+    async with FakeCallHarness(agent, vad_model=vad_model, stt=stt, llm=llm, tts=FakeTTS()) as call:
         await call.wait_event(is_type("transcript", role="agent"))  # the greeting is over
         question_end = await call.play(caller.clip("question"))
         stt.transcribe_later(caller.text("question"))

@@ -11,7 +11,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import jsonschema
 import numpy as np
@@ -82,14 +82,11 @@ class CallHarness:
         agent: AgentConfig,
         *,
         vad_model: vad.VAD,
-        stt: FakeSTT,
-        llm: FakeLLM,
-        tts: FakeTTS,
+        providers: Providers,
         metadata: str = "",
         shutdown: asyncio.Event | None = None,
     ) -> None:
         self.agent = agent
-        self.stt, self.llm, self.tts = stt, llm, tts
         self.clock = CallClock()
         self.audio_in = PacedAudioInput(self.clock)
         self.speaker = VirtualSpeaker(self.clock)
@@ -98,25 +95,17 @@ class CallHarness:
         self.transport = LocalTransport(
             audio_in=self.audio_in, speaker=self.speaker, on_event=self._on_event
         )
-        quick = APIConnectOptions(max_retry=0, timeout=5)
         self.setup = CallSetup(
             agent=agent,
             call_id="CA_test",
             vad=vad_model,
-            providers=Providers(
-                stt=stt,
-                llm=llm,
-                tts=tts,
-                conn_options=SessionConnectOptions(
-                    stt_conn_options=quick, llm_conn_options=quick, tts_conn_options=quick
-                ),
-            ),
+            providers=providers,
             metadata=metadata,
             shutdown=shutdown,
         )
         self._task: asyncio.Task[CallResult | None] | None = None
 
-    async def __aenter__(self) -> CallHarness:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(run_call(self.setup, self.transport))
         return self
 
@@ -171,6 +160,35 @@ class CallHarness:
 
     def now(self) -> float:
         return self.clock.now()
+
+
+class FakeCallHarness(CallHarness):
+    """A call with fake providers of explicit latency, which tests can inspect and steer."""
+
+    def __init__(
+        self,
+        agent: AgentConfig,
+        *,
+        vad_model: vad.VAD,
+        stt: FakeSTT,
+        llm: FakeLLM,
+        tts: FakeTTS,
+        metadata: str = "",
+        shutdown: asyncio.Event | None = None,
+    ) -> None:
+        self.stt, self.llm, self.tts = stt, llm, tts
+        quick = APIConnectOptions(max_retry=0, timeout=5)
+        providers = Providers(
+            stt=stt,
+            llm=llm,
+            tts=tts,
+            conn_options=SessionConnectOptions(
+                stt_conn_options=quick, llm_conn_options=quick, tts_conn_options=quick
+            ),
+        )
+        super().__init__(
+            agent, vad_model=vad_model, providers=providers, metadata=metadata, shutdown=shutdown
+        )
 
 
 def is_type(type_: str, **fields: Any) -> Callable[[Event], bool]:

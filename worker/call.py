@@ -16,14 +16,16 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from livekit.agents import AgentSession, llm, stt, tts, vad
+from livekit.agents import NOT_GIVEN, AgentSession, llm, stt, tts, vad
 from livekit.agents.llm import ChatMessage
 from livekit.agents.voice import events as lk_events
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from .agent import VoiceAgent
+from .clips import clip_frames, load_clip
 from .config import AgentConfig
 from .logs import ContextLogger
 from .pipeline import build_session
@@ -39,8 +41,6 @@ FLUSH_TIMEOUT = 2.0
 """How long the last events may take to leave before the transport is released anyway."""
 SETTLE_TIMEOUT = 0.5
 """How long an ending call waits for interrupted speech to report what was played."""
-MAX_PROVIDER_FAILURES = 3
-"""Unrecoverable provider errors in a row (no real reply between them) that end a call."""
 INPUT_SETTLE = 2.5
 """Seconds of quiet after a recorded caller's audio is over before the call ends: covers a last
 utterance still being transcribed when the recording ends."""
@@ -144,7 +144,7 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     values = placeholder_values(setup.agent, metadata=setup.metadata, attributes=caller.attributes)
     lines = {
         name: setup.agent.render(text, values)
-        for name, text in setup.agent.messages.model_dump().items()
+        for name, text in setup.agent.messages.lines().items()
     }
     call = Call(setup, session=session, transport=transport, caller=caller, log=log, lines=lines)
     agent = VoiceAgent(
@@ -169,6 +169,7 @@ class _Ending:
     reason: EndReason
     detail: str
     goodbye: str | None
+    clip: Path | None
 
 
 class Call(CallListener):
@@ -206,7 +207,6 @@ class Call(CallListener):
         self._turn_finals: list[str] = []
         # agent speech not yet reported, so the ending can wait for its transcript
         self._unreported: set[asyncio.Future[None]] = set()
-        self._provider_failures = 0
         # summary
         self._user_turns = 0
         self._agent_turns = 0
@@ -248,22 +248,24 @@ class Call(CallListener):
         *,
         detail: str = "",
         goodbye: str | None = None,
+        clip: Path | None = None,
         stop_audio: bool = False,
     ) -> None:
-        """End the call (the first request wins); `stop_audio` silences the agent at once."""
+        """End the call (the first request wins) with an optional `goodbye`, played from `clip`
+        when given (no TTS needed); `stop_audio` silences the agent at once."""
         if self._ending.done():
             self.log.debug("ignoring end request %s: already ending", reason.value)
             return
         if stop_audio:
             self._interrupt()
-        self._ending.set_result(_Ending(reason, detail, goodbye))
+        self._ending.set_result(_Ending(reason, detail, goodbye, clip))
 
     async def _finish(self, ending: _Ending) -> CallResult:
         self._cancel_idle_timer()
         with contextlib.suppress(RuntimeError):
             self.session.input.set_audio_enabled(False)  # no new turns while ending
         if ending.goodbye and self.session.output.audio is not None:
-            await self._say_goodbye(ending.goodbye)
+            await self._say_goodbye(ending.goodbye, ending.clip)
         if self._unreported:  # interrupted speech: its transcript goes out before call_ended
             await asyncio.wait(self._unreported, timeout=SETTLE_TIMEOUT)
         duration = time.monotonic() - self._started_at
@@ -276,10 +278,11 @@ class Call(CallListener):
         self._log_summary(result, ending.detail)
         return result
 
-    async def _say_goodbye(self, text: str) -> None:
+    async def _say_goodbye(self, text: str, clip: Path | None) -> None:
         self._interrupt()
+        audio = clip_frames(load_clip(clip)) if clip is not None else NOT_GIVEN
         try:
-            handle = self.session.say(text, allow_interruptions=False)
+            handle = self.session.say(text, audio=audio, allow_interruptions=False)
         except RuntimeError:
             return  # the session is not running any more: nothing can be said
         try:
@@ -399,31 +402,28 @@ class Call(CallListener):
         self._unreported.add(reported)
 
         def done(handle: SpeechHandle) -> None:
-            spoke = self._on_speech_done(handle)
-            if spoke and ev.source == "generate_reply" and not handle.interrupted:
-                self._provider_failures = 0  # an LLM reply was spoken: the providers work
+            self._on_speech_done(handle)
             self._unreported.discard(reported)
             reported.set_result(None)
 
         ev.speech_handle.add_done_callback(done)
 
-    def _on_speech_done(self, handle: SpeechHandle) -> bool:
-        """Report an agent turn that ended; True when it said something."""
+    def _on_speech_done(self, handle: SpeechHandle) -> None:
+        """Report an agent turn that ended."""
         if not handle.scheduled:
-            return False  # a preemptive generation that was discarded: never a turn
+            return  # a preemptive generation that was discarded: never a turn
         text = " ".join(
             item.text_content or ""
             for item in handle.chat_items
             if isinstance(item, ChatMessage) and item.role == "assistant"
         ).strip()
         if not text and not handle.interrupted:
-            return False  # a tool-only step, nothing was said
+            return  # a tool-only step, nothing was said
         self._agent_turns += 1
         self._interruptions += handle.interrupted
         self._emit(
             self._encoder.transcript("agent", text, final=True, interrupted=handle.interrupted)
         )
-        return bool(text)
 
     def _on_false_interruption(self, ev: lk_events.AgentFalseInterruptionEvent) -> None:
         self.log.info("false interruption, resumed=%s", ev.resumed)
@@ -438,18 +438,15 @@ class Call(CallListener):
             "recoverable" if recoverable else "unrecoverable",
             getattr(ev.error, "error", ev.error),
         )
-        if recoverable or self._ending.done():
+        if recoverable:
             return
-        self._provider_failures += 1
-        if self._provider_failures >= MAX_PROVIDER_FAILURES:
-            self.request_end(
-                EndReason.ERROR,
-                detail=f"{self._provider_failures} provider failures in a row, last from {stage}",
-                goodbye=None if stage == "tts" else self.lines["error_goodbye"],
-            )
-        elif stage == "llm":  # the caller would hear nothing otherwise
-            with contextlib.suppress(RuntimeError):
-                self.session.say(self.lines["error_apology"])
+        # retries and fallbacks are spent: no provider is left for this stage
+        self.request_end(
+            EndReason.ERROR,
+            detail=f"no {stage} provider left",
+            goodbye=self.lines["error_goodbye"],
+            clip=self.setup.agent.apology_clip,
+        )
 
     def _on_close(self, ev: lk_events.CloseEvent) -> None:
         if self._ending.done():

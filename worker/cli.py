@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .providers import Resolution
 
 PROG = "python -m worker"
-DEV_COMMANDS = ("dev", "console", "connect", "simulate")
+DEV_COMMANDS = ("dev", "console", "connect", "simulate", "render-apology")
 """Commands where a cloud provider without its key falls back to the local one."""
 
 app = typer.Typer(
@@ -167,7 +167,8 @@ def simulate(
     log_level: Annotated[str, typer.Option("--log-level", help="Logs go to stderr.")] = "WARNING",
 ) -> None:
     """Run one call from a recording, offline if needed: events on stdout (JSON lines)."""
-    from .simulate import SimulateError, events_only_stdout, read_wav, simulate_call, write_wav
+    from .audio_files import AudioFileError, read_wav, write_wav
+    from .simulate import events_only_stdout, simulate_call
 
     logging.basicConfig(
         stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
@@ -176,7 +177,7 @@ def simulate(
     try:
         chosen = _registry(settings).get(agent)
         recording = read_wav(audio)
-    except (RoutingError, SimulateError) as exc:
+    except (RoutingError, AudioFileError) as exc:
         fail(str(exc))
     (config,) = _resolved(AgentRegistry([chosen]), command="simulate").registry
     if metadata:
@@ -217,6 +218,38 @@ def simulate(
         write_wav(audio_out, simulated.agent_audio, AGENT_RATE)
     if simulated.result is None or simulated.result.reason.value == "error":
         raise typer.Exit(1)
+
+
+@app.command("render-apology")
+def render_apology(
+    agent: AgentOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="WAV to write (default: the agent's error_goodbye_audio)."),
+    ] = None,
+) -> None:
+    """Record an agent's `messages.error_goodbye` with its own TTS (its keys from the
+    environment; without them, the local voice), for `messages.error_goodbye_audio`."""
+    from .audio_files import write_wav
+    from .clips import render
+    from .providers import build_tts
+
+    settings = _settings()
+    try:
+        chosen = _registry(settings).get(agent or "")
+    except RoutingError as exc:
+        fail(str(exc))
+    target = out or (chosen.apology_clip if chosen.messages.error_goodbye_audio else None)
+    if target is None:
+        fail("--out is required: the agent has no messages.error_goodbye_audio")
+    (config,) = _resolved(AgentRegistry([chosen]), command="render-apology").registry
+    one_agent = AgentRegistry([config])
+    with local_models(one_agent) as llm_url:
+        runtime = _load_runtime(one_agent, settings, llm_url)
+        text = config.messages.error_goodbye
+        audio = asyncio.run(render(text, build_tts(config, os.environ, runtime)))
+    write_wav(target, audio.samples, audio.rate)
+    typer.echo(f"{target}: {audio.duration:.1f}s of {text!r}")
 
 
 def _load_runtime(

@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from .audio_files import AudioFileError
+from .clips import BUNDLED_APOLOGY, check_clip
 from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
 
 PLACEHOLDER_MAX_LEN = 200
@@ -171,6 +173,9 @@ class Limits(_Strict):
     """Seconds to wait for the caller to join the room."""
 
 
+DEFAULT_ERROR_GOODBYE = "I'm sorry, we're having technical difficulties. Please call back later."
+
+
 class Messages(_Strict):
     """Fixed lines the agent speaks without asking the LLM: deterministic and instant."""
 
@@ -178,8 +183,16 @@ class Messages(_Strict):
     idle_goodbye: str = "It seems you've stepped away. Goodbye for now."
     max_duration_goodbye: str = "We've reached the time limit for this call. Thank you, goodbye."
     shutdown_goodbye: str = "I'm sorry, I have to end the call now. Please call back in a moment."
-    error_apology: str = "Sorry, I'm having trouble answering right now. Could you say that again?"
-    error_goodbye: str = "I'm sorry, we're having technical difficulties. Please call back later."
+    error_goodbye: str = DEFAULT_ERROR_GOODBYE
+    """Played when a provider stage has failed for good, from `error_goodbye_audio`."""
+    error_goodbye_audio: str | None = None
+    """WAV file of `error_goodbye` (relative to the agent file): the apology plays from a
+    recording, so the caller hears it even when the TTS is down. Default: the worker's own
+    recording of the default line; `python -m worker render-apology` makes one."""
+
+    def lines(self) -> dict[str, str]:
+        """The lines the agent speaks, by name (placeholders not yet filled)."""
+        return self.model_dump(exclude={"error_goodbye_audio"})
 
 
 class AgentConfig(_Strict):
@@ -228,12 +241,30 @@ class AgentConfig(_Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _custom_apology_recorded(self) -> AgentConfig:
+        m = self.messages
+        if m.error_goodbye != DEFAULT_ERROR_GOODBYE and m.error_goodbye_audio is None:
+            raise ValueError(
+                "messages.error_goodbye_audio: a custom error_goodbye needs its recording (it is "
+                "played from a file so it is heard even when the TTS is down; make one with "
+                "`python -m worker render-apology`)"
+            )
+        return self
+
     def templates(self) -> Iterator[tuple[str, str]]:
         """Every text that may hold `{placeholders}`, with the field it came from."""
         yield "instructions", self.instructions
         yield "greeting", self.greeting
-        for name, text in self.messages.model_dump().items():
+        for name, text in self.messages.lines().items():
             yield f"messages.{name}", text
+
+    @property
+    def apology_clip(self) -> Path:
+        """The recording of `messages.error_goodbye`."""
+        if self.messages.error_goodbye_audio is None:
+            return BUNDLED_APOLOGY
+        return Path(self.source).parent / self.messages.error_goodbye_audio
 
     def render(self, text: str, values: Mapping[str, str]) -> str:
         """`text` with placeholders filled from `values`, falling back to the config defaults."""
@@ -284,9 +315,14 @@ def load_agent_file(path: Path) -> AgentConfig:
     fields, body = _split_front_matter(path, text)
     data = {**fields, "instructions": body, "source": str(path)}
     try:
-        return AgentConfig.model_validate(data)
+        agent = AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{path}: {_describe(err)}" for err in exc.errors()]) from None
+    try:
+        check_clip(agent.apology_clip)
+    except AudioFileError as exc:
+        raise ConfigError([f"{path}: messages.error_goodbye_audio: {exc}"]) from None
+    return agent
 
 
 def load_registry(directory: Path) -> AgentRegistry:

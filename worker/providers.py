@@ -230,13 +230,10 @@ def build_providers(
     process's local models; it is needed only when the agent uses local providers."""
     stt_instances = [_build_stt(e, agent, env, local) for e in agent.stt]
     llm_instances = [_build_llm(e, env, local) for e in agent.llm]
-    tts_instances = [_build_tts(e, agent, env, local) for e in agent.tts]
     return Providers(
         stt=_chain(stt_instances, agent.stt, stt.FallbackAdapter),
         llm=_chain(llm_instances, agent.llm, llm.FallbackAdapter),
-        tts=_chain(
-            tts_instances, agent.tts, functools.partial(tts.FallbackAdapter, max_retry_per_tts=0)
-        ),
+        tts=build_tts(agent, env, local),
         conn_options=SessionConnectOptions(
             stt_conn_options=stage_options(agent.stt),
             llm_conn_options=stage_options(agent.llm),
@@ -244,6 +241,14 @@ def build_providers(
             max_unrecoverable_errors=3,
         ),
     )
+
+
+def build_tts(
+    agent: AgentConfig, env: Mapping[str, str], local: LocalRuntime | None = None
+) -> AnyTTS:
+    """The agent's TTS stage alone (its fallbacks included)."""
+    instances = [_build_tts(e, agent, env, local) for e in agent.tts]
+    return _chain(instances, agent.tts, functools.partial(tts.FallbackAdapter, max_retry_per_tts=0))
 
 
 def connect_options(entry: ProviderEntry) -> APIConnectOptions:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from .audio_files import Audio
 from .call import Caller, CallResult, CallSetup, new_call_id, run_call
 from .config import AgentConfig
 from .local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
@@ -27,48 +26,6 @@ from .local_runtime import LocalRuntime
 from .providers import build_providers
 
 AGENT_RATE = 24000
-
-
-class SimulateError(ValueError):
-    """Bad input for a simulated call; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Recording:
-    samples: np.ndarray  # int16 mono
-    rate: int
-
-    @property
-    def duration(self) -> float:
-        return len(self.samples) / self.rate
-
-
-def read_wav(path: Path) -> Recording:
-    """A PCM WAV file as int16 mono samples (stereo is mixed down)."""
-    if not path.is_file():
-        raise SimulateError(f"{path}: no such file")
-    try:
-        with wave.open(str(path)) as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise SimulateError(f"{path}: not a PCM WAV file ({exc})") from None
-    if width != 2:
-        raise SimulateError(f"{path}: {8 * width}-bit samples; 16-bit PCM is supported")
-    samples = np.frombuffer(frames, dtype=np.int16)
-    if channels > 1:
-        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    if not len(samples):
-        raise SimulateError(f"{path}: the recording is empty")
-    return Recording(samples, rate)
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype(np.int16).tobytes())
 
 
 @dataclass
@@ -80,7 +37,7 @@ class Simulated:
 
 async def simulate_call(
     agent: AgentConfig,
-    recording: Recording,
+    recording: Audio,
     *,
     runtime: LocalRuntime,
     env: dict[str, str],

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.simulate import AGENT_RATE, SimulateError, read_wav, write_wav
+from worker.audio_files import AudioFileError, read_wav, write_wav
+from worker.simulate import AGENT_RATE
 
 
 def wav(path: Path, samples: np.ndarray, *, rate: int, channels: int, width: int = 2) -> Path:
@@ -35,13 +36,13 @@ def test_stereo_recordings_are_mixed_to_mono_at_their_own_rate(tmp_path: Path) -
     [
         (lambda p: p.write_bytes(b"RIFF....WAVEjunk"), "not a PCM WAV file"),
         (lambda p: wav(p, np.zeros(10, np.uint8), rate=8000, channels=1, width=1), "8-bit"),
-        (lambda p: wav(p, np.zeros(0, np.int16), rate=16000, channels=1), "empty"),
+        (lambda p: wav(p, np.zeros(0, np.int16), rate=16000, channels=1), "holds no audio"),
     ],
 )
 def test_unusable_files_are_refused(tmp_path: Path, make: object, message: str) -> None:
     path = tmp_path / "bad.wav"
     make(path)  # type: ignore[operator]
-    with pytest.raises(SimulateError, match=message):
+    with pytest.raises(AudioFileError, match=message):
         read_wav(path)
 
 
