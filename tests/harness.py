@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import jiwer
 import jsonschema
 import numpy as np
 import yaml
 from livekit.agents import APIConnectOptions, vad
+from livekit.agents.utils import http_context
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
 import worker
@@ -91,6 +93,8 @@ class CallHarness:
         self.audio_in = PacedAudioInput(self.clock)
         self.speaker = VirtualSpeaker(self.clock)
         self.events: list[Event] = []
+        self.event_times: list[float] = []
+        """Call time at which each event arrived."""
         self._new_event = asyncio.Event()
         self.transport = LocalTransport(
             audio_in=self.audio_in, speaker=self.speaker, on_event=self._on_event
@@ -106,6 +110,9 @@ class CallHarness:
         self._task: asyncio.Task[CallResult | None] | None = None
 
     async def __aenter__(self) -> Self:
+        # the cloud plugins' HTTP session, as a job has it (the call task inherits the context)
+        self._http = http_context.open()
+        await self._http.__aenter__()
         self._task = asyncio.create_task(run_call(self.setup, self.transport))
         return self
 
@@ -116,9 +123,11 @@ class CallHarness:
             done, _ = await asyncio.wait({self._task}, timeout=10)
             if not done:
                 self._task.cancel()
+        await self._http.__aexit__(None, None, None)
 
     def _on_event(self, packet: bytes) -> None:
         self.events.append(json.loads(packet))
+        self.event_times.append(self.clock.now())
         self._new_event.set()
 
     # --- what the caller does -------------------------------------------------------------------
@@ -141,6 +150,16 @@ class CallHarness:
                     index += 1
                 self._new_event.clear()
                 await self._new_event.wait()
+
+    async def wait_nth(
+        self, match: Callable[[Event], bool], nth: int, *, timeout: float = 10.0
+    ) -> int:
+        """The index of the `nth` event (1-based) matching `match`, waiting for it if needed."""
+        index = -1
+        for _ in range(nth):
+            event = await self.wait_event(match, timeout=timeout, after=index + 1)
+            index = self.events.index(event, index + 1)
+        return index
 
     def of_type(self, type_: str, **fields: Any) -> list[Event]:
         return [
@@ -210,3 +229,24 @@ def check_call_events(events: list[Event]) -> None:
     ended = [e for e in events if e["type"] == "call_ended"]
     assert len(ended) == 1, f"call_ended sent {len(ended)} times"
     assert events[-1]["type"] == "call_ended"
+
+
+NORMALIZE = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.ExpandCommonEnglishContractions(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after normalising case, punctuation and contractions."""
+    return float(
+        jiwer.wer(
+            reference, hypothesis, reference_transform=NORMALIZE, hypothesis_transform=NORMALIZE
+        )
+    )

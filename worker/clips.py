@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 from livekit.agents import tts
+from livekit.agents.utils import http_context
 
 from .audio_files import Audio, AudioFileError, read_wav
 
@@ -54,7 +55,7 @@ def _resampled(audio: Audio) -> Audio:
 
 async def render(text: str, voice: tts.TTS[Any]) -> Audio:
     """`text` spoken by `voice`, at `CLIP_RATE`: how an agent's apology gets its recording."""
-    async with voice:
+    async with http_context.open(), voice:  # outside a job: the plugins' HTTP session
         frame = await voice.synthesize(text).collect()
     audio = Audio(np.frombuffer(frame.data, dtype=np.int16).copy(), frame.sample_rate)
     return _resampled(audio)

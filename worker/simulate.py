@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
+from livekit.agents.utils import http_context
 
 from .audio_files import Audio
 from .call import Caller, CallResult, CallSetup, new_call_id, run_call
@@ -69,7 +70,8 @@ async def simulate_call(
         providers=build_providers(agent, env, runtime),
         metadata=metadata,
     )
-    result = await run_call(setup, transport)
+    async with http_context.open():  # the cloud plugins' HTTP session, as a job would have
+        result = await run_call(setup, transport)
     audio = speaker.timeline
     minimum = int(recording.duration * AGENT_RATE)
     if len(audio) < minimum:

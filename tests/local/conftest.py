@@ -6,7 +6,6 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import jiwer
 import numpy as np
 import pytest
 from livekit import rtc
@@ -16,26 +15,6 @@ from worker.local_stt import WhisperSTT, load_whisper
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
-
-NORMALIZE = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.ExpandCommonEnglishContractions(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfWords(),
-    ]
-)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate after normalising case, punctuation and contractions."""
-    return float(
-        jiwer.wer(
-            reference, hypothesis, reference_transform=NORMALIZE, hypothesis_transform=NORMALIZE
-        )
-    )
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ import urllib.request
 import numpy as np
 from livekit.agents import llm
 
-from tests.harness import Recording
-from tests.local.conftest import to_16k_float, wer
+from tests.harness import Recording, wer
+from tests.local.conftest import to_16k_float
 from worker.local_llm import LocalLLMServer, _healthy
 from worker.local_runtime import default_threads
 from worker.local_stt import WhisperSTT

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness import check_call_events
-from tests.local.conftest import read_wav, speech_segments, to_16k_float, wer
+from tests.harness import check_call_events, wer
+from tests.local.conftest import read_wav, speech_segments, to_16k_float
 from worker.local_stt import WhisperSTT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,442 @@
+"""Scenario files (tests/scenarios/*.yaml) and the runner that plays them.
+
+A scenario is data: a caller recording (whose manifest says when each utterance is said,
+relative to what the agent does), what each provider stand-in answers, faults to turn on, and
+what the caller must hear and receive. The runner starts real stand-in servers, points the real
+plugins at them through the agent's config (`base_url`, exactly as a deployment would), runs the
+worker's own call code over the in-process transport, and checks the outcome. Adding a scenario
+needs no code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from livekit import rtc
+from livekit.agents import vad
+from pydantic import BaseModel, ConfigDict, Field
+
+from tests.harness import CallHarness, Event, Recording, check_call_events, make_agent, wer
+from tests.standins.base import Faults, StandIn
+from worker.providers import build_providers
+
+HERE = Path(__file__).resolve().parent
+KEYS = {
+    "DEEPGRAM_API_KEY": "dg-scenario-key",
+    "OPENAI_API_KEY": "sk-scenario-key",
+    "ELEVEN_API_KEY": "xi-scenario-key",
+}
+STAGE_KEYS = {"stt": "DEEPGRAM_API_KEY", "llm": "OPENAI_API_KEY", "tts": "ELEVEN_API_KEY"}
+STAGE_PROVIDERS = {"stt": "deepgram", "llm": "openai", "tts": "elevenlabs"}
+LOUD = 300.0
+"""RMS (int16) above which the agent's audio counts as sound rather than silence."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Trigger(_Strict):
+    """The `nth` client event with these fields (`event` is its type)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    event: str
+    nth: int = Field(default=1, ge=1)
+
+    def fields(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def matches(self, event: Event) -> bool:
+        return event["type"] == self.event and all(
+            event.get(k) == v for k, v in self.fields().items()
+        )
+
+
+class Provider(_Strict):
+    """One stand-in of a stage, in fallback order; `timeout`/`retries` go to the agent config."""
+
+    timeout: float = 3.0
+    retries: int = 1
+    # stt
+    content: Literal["manifest", "whisper"] = "manifest"
+    # llm
+    replies: list[Reply] = Field(default_factory=list)
+    default: str = "Let me check that for you."
+    first_token: float = 0.2
+    token_interval: float = 0.03
+    # tts
+    voice: Literal["piper", "hum"] = "piper"
+    first_audio: float = 0.1
+
+
+class Reply(_Strict):
+    match: str
+    """Regular expression searched in the caller's last message."""
+    say: str = ""
+    call: str | None = None
+    """A tool the reply calls after its text (`end_call`)."""
+
+
+class Fault(_Strict):
+    stage: Literal["stt", "llm", "tts"]
+    provider: int = 0
+    set: dict[str, Any]
+    """`Faults` fields: latency, status, drop_after, malformed, no_answer."""
+    after: Trigger | None = None
+    """When to turn it on; None: before the call starts."""
+    delay: float = 0.0
+
+
+class HangUp(_Strict):
+    after: Trigger
+    delay: float = 0.0
+
+
+class Expected(_Strict):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    role: Literal["user", "agent"]
+    utterance: str | None = None
+    """A user turn: the manifest text of this utterance."""
+    text: str | None = None
+    contains: str | None = None
+    interrupted: bool | None = None
+
+
+class BargeIn(_Strict):
+    utterance: str
+    stops_within: float = 1.0
+    """Seconds after the utterance starts by which the agent must be silent."""
+
+
+class Expect(_Strict):
+    ended: str
+    transcripts: list[Expected]
+    speech: bool = True
+    """Every agent turn that says something is heard as speech (Silero finds it)."""
+    barge_ins: list[BargeIn] = Field(default_factory=list)
+    llm_cancelled: bool = False
+    """A reply's LLM stream was dropped before its end (a barge-in: not billed further)."""
+    tts_cancelled: bool = False
+    """A reply's TTS context was closed with text left unsynthesised."""
+    apology_within: float | None = None
+    """The recorded apology starts within this many seconds of the first faulty request."""
+    next_call: bool = False
+    """A second call afterwards, faults off, is served normally."""
+    max_user_wer: float | None = None
+    """For `content: whisper`: the recognised user text's word error rate at most this."""
+
+
+class Scenario(_Strict):
+    description: str
+    recording: str
+    agent: dict[str, Any] = Field(default_factory=dict)
+    stt: list[Provider] = Field(default_factory=lambda: [Provider()], min_length=1)
+    llm: list[Provider] = Field(default_factory=lambda: [Provider()], min_length=1)
+    tts: list[Provider] = Field(default_factory=lambda: [Provider()], min_length=1)
+    faults: list[Fault] = Field(default_factory=list)
+    hang_up: HangUp | None = None
+    expect: Expect
+    timeout: Annotated[float, Field(gt=0, le=120)] = 60.0
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+Provider.model_rebuild()
+
+
+def scenario_files() -> list[Path]:
+    return sorted(HERE.glob("*.yaml"))
+
+
+# --- stand-ins ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """A stage's stand-ins, in fallback order."""
+
+    name: str
+    servers: list[StandIn]
+
+
+@dataclass
+class Outcome:
+    """What a scenario run produced, for its checks."""
+
+    call: CallHarness
+    stages: dict[str, Stage]
+    played: dict[str, tuple[float, float]]
+    """Call times each utterance started and finished playing."""
+    fault_times: list[float]
+    """Call times at which faults were turned on."""
+
+
+class ScenarioRunner:
+    """Runs a scenario; shared, heavy things (the VAD, voices, Whisper) come from outside."""
+
+    def __init__(
+        self,
+        *,
+        vad_model: vad.VAD,
+        make_stand_in: Callable[[str, Provider, Recording, str], StandIn],
+        keys: dict[str, str] | None = None,
+    ) -> None:
+        self.vad_model = vad_model
+        self.make_stand_in = make_stand_in
+        self.keys = keys or KEYS
+
+    @contextlib.asynccontextmanager
+    async def stand_ins(
+        self, scenario: Scenario, recording: Recording
+    ) -> AsyncIterator[dict[str, Stage]]:
+        async with contextlib.AsyncExitStack() as stack:
+            stages: dict[str, Stage] = {}
+            for name in ("stt", "llm", "tts"):
+                servers = []
+                for spec in getattr(scenario, name):
+                    server = self.make_stand_in(name, spec, recording, self.keys[STAGE_KEYS[name]])
+                    servers.append(await stack.enter_async_context(server))
+                stages[name] = Stage(name, servers)
+            yield stages
+
+    def agent_config(self, scenario: Scenario, stages: dict[str, Stage]) -> dict[str, Any]:
+        """The test agent with each stage pointing at its stand-ins, like a deployment's config."""
+        overrides = dict(scenario.agent)
+        for name, stage in stages.items():
+            overrides[name] = [
+                {
+                    "provider": STAGE_PROVIDERS[name],
+                    "base_url": server.url,
+                    "timeout": spec.timeout,
+                    "retries": spec.retries,
+                }
+                for server, spec in zip(stage.servers, getattr(scenario, name), strict=True)
+            ]
+        return overrides
+
+    async def run(self, scenario: Scenario, recording: Recording) -> Outcome:
+        async with self.stand_ins(scenario, recording) as stages:
+            agent = make_agent(**self.agent_config(scenario, stages))
+            outcome = await self._call(scenario, recording, agent, stages)
+            if scenario.expect.next_call:
+                for stage in stages.values():
+                    for server in stage.servers:
+                        server.faults = Faults()
+                await self._next_call(agent)
+            return outcome
+
+    async def _call(
+        self, scenario: Scenario, recording: Recording, agent: Any, stages: dict[str, Stage]
+    ) -> Outcome:
+        providers = build_providers(agent, self.keys)
+        call = CallHarness(agent, vad_model=self.vad_model, providers=providers)
+        played: dict[str, tuple[float, float]] = {}
+        fault_times: list[float] = []
+        async with call:
+            for fault in scenario.faults:
+                if fault.after is None:
+                    _apply(fault, stages)
+                    fault_times.append(0.0)
+            tasks = [
+                asyncio.create_task(self._say(call, recording, uid, played))
+                for uid in recording.utterances
+            ]
+            tasks += [
+                asyncio.create_task(self._fault(call, fault, stages, fault_times))
+                for fault in scenario.faults
+                if fault.after is not None
+            ]
+            if scenario.hang_up is not None:
+                tasks.append(asyncio.create_task(self._hang_up(call, scenario.hang_up)))
+            try:
+                await call.wait_event(lambda e: e["type"] == "call_ended", timeout=scenario.timeout)
+            finally:
+                for task in tasks:
+                    task.cancel()
+            missed = [uid for uid in recording.utterances if uid not in played]
+            assert not missed, f"never played (their trigger did not happen): {missed}"
+            await call.result(timeout=15)
+        return Outcome(call, stages, played, fault_times)
+
+    async def _say(
+        self,
+        call: CallHarness,
+        recording: Recording,
+        uid: str,
+        played: dict[str, tuple[float, float]],
+    ) -> None:
+        utterance = recording.utterances[uid]
+        trigger = Trigger.model_validate(utterance["after"])
+        await call.wait_nth(trigger.matches, trigger.nth, timeout=120)
+        await asyncio.sleep(float(utterance.get("delay", 0.0)))
+        start = call.now()
+        end = await call.play(recording.clip(uid))
+        played[uid] = (start, end)
+
+    async def _fault(
+        self, call: CallHarness, fault: Fault, stages: dict[str, Stage], times: list[float]
+    ) -> None:
+        assert fault.after is not None
+        await call.wait_nth(fault.after.matches, fault.after.nth, timeout=120)
+        await asyncio.sleep(fault.delay)
+        _apply(fault, stages)
+        times.append(call.now())
+
+    async def _hang_up(self, call: CallHarness, hang_up: HangUp) -> None:
+        await call.wait_nth(hang_up.after.matches, hang_up.after.nth, timeout=120)
+        await asyncio.sleep(hang_up.delay)
+        call.transport.hang_up("the caller hung up")
+
+    async def _next_call(self, agent: Any) -> None:
+        """Another call with the same agent: it must greet, and be heard."""
+        call = CallHarness(
+            agent, vad_model=self.vad_model, providers=build_providers(agent, self.keys)
+        )
+        async with call:
+            greeting = await call.wait_event(
+                lambda e: e["type"] == "transcript" and e["role"] == "agent", timeout=20
+            )
+            assert greeting["text"] == agent.greeting
+            assert call.agent_rms(0, call.now()) > LOUD, "the next call's greeting was heard"
+
+
+def _apply(fault: Fault, stages: dict[str, Stage]) -> None:
+    server = stages[fault.stage].servers[fault.provider]
+    for name, value in fault.set.items():
+        if not hasattr(server.faults, name):
+            raise ValueError(f"unknown fault {name!r}")
+        setattr(server.faults, name, value)
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+async def check(
+    scenario: Scenario, recording: Recording, outcome: Outcome, vad_model: vad.VAD
+) -> None:
+    """Everything `expect` says, plus what every call must satisfy."""
+    call, expect = outcome.call, scenario.expect
+    check_call_events(call.events)
+    ended = call.of_type("call_ended")[0]
+    assert ended["reason"] == expect.ended, f"ended with {ended['reason']}"
+    finals = [e for e in call.events if e["type"] == "transcript" and e.get("final")]
+    got = [(e["role"], e["text"], e.get("interrupted")) for e in finals]
+    assert len(finals) == len(expect.transcripts), f"transcripts: {got}"
+    for event, wanted in zip(finals, expect.transcripts, strict=True):
+        _check_transcript(event, wanted, recording, call.agent.greeting, expect.max_user_wer)
+    if expect.speech:
+        await _check_speech(call, finals, vad_model)
+    for barge_in in expect.barge_ins:
+        start, _ = outcome.played[barge_in.utterance]
+        assert call.agent_rms(start - 1.0, start) > LOUD, "the agent was talking"
+        after = start + barge_in.stops_within
+        assert call.agent_rms(after, after + 0.5) < LOUD, "the agent stopped talking"
+    if expect.llm_cancelled:
+        requests = [r for s in outcome.stages["llm"].servers for r in s.of_kind("request")]
+        assert any(r.outcome == "cancelled" for r in requests), [r.outcome for r in requests]
+    if expect.tts_cancelled:
+        contexts = [c for s in outcome.stages["tts"].servers for c in s.of_kind("context")]
+        assert any(c.outcome == "cancelled" for c in contexts), [c.outcome for c in contexts]
+    if expect.apology_within is not None:
+        _check_apology(outcome, expect.apology_within)
+
+
+def _check_transcript(
+    event: Event,
+    wanted: Expected,
+    recording: Recording,
+    greeting: str,
+    max_wer: float | None,
+) -> None:
+    assert event["role"] == wanted.role, (event, wanted)
+    if wanted.utterance is not None:
+        text = recording.text(wanted.utterance)
+        if max_wer is None:
+            assert event["text"] == text, (event["text"], text)
+        else:
+            assert wer(text, event["text"]) <= max_wer, (event["text"], text)
+    if wanted.text is not None:
+        expected = greeting if wanted.text == "{greeting}" else wanted.text
+        assert event["text"] == expected, (event["text"], expected)
+    if wanted.contains is not None:
+        assert wanted.contains.lower() in event["text"].lower(), (event["text"], wanted.contains)
+    if wanted.interrupted is not None:
+        assert event.get("interrupted") == wanted.interrupted, event
+
+
+async def _check_speech(call: CallHarness, finals: list[Event], vad_model: vad.VAD) -> None:
+    """Each agent turn that said something was heard as speech between its `speaking` state
+    and its transcript."""
+    rate = call.speaker.sample_rate or 24000
+    timeline = call.speaker.timeline
+    for event in finals:
+        if event["role"] != "agent" or not event["text"]:
+            continue
+        index = call.events.index(event)
+        speaking = [
+            i
+            for i, e in enumerate(call.events[:index])
+            if e["type"] == "agent_state" and e["state"] == "speaking"
+        ]
+        start = call.event_times[speaking[-1]] if speaking else 0.0
+        end = call.event_times[index]
+        window = timeline[int(start * rate) : int(end * rate)]
+        heard = await speech_seconds(window, rate, vad_model)
+        assert heard >= min(0.4, 0.3 * (end - start)), (
+            f"agent turn {event['text']!r}: {heard:.2f}s of speech in {end - start:.2f}s"
+        )
+
+
+def _check_apology(outcome: Outcome, within: float) -> None:
+    call = outcome.call
+    faulty = [
+        r
+        for stage in outcome.stages.values()
+        for server in stage.servers
+        for r in server.received
+        if r.outcome in ("rejected", "dropped", "cancelled", "open")
+    ]
+    assert faulty, "no provider saw a faulty request"
+    offset = time.monotonic() - call.now()
+    first = min(r.at - offset for r in faulty)
+    rate = call.speaker.sample_rate or 24000
+    loud = _loud_windows(call.speaker.timeline, rate)
+    onsets = [t for t in loud if t >= first]
+    assert onsets, "no apology was heard"
+    assert onsets[0] - first <= within, f"apology {onsets[0] - first:.1f}s after the fault"
+    last = [e for e in call.events if e["type"] == "transcript" and e["role"] == "agent"][-1]
+    assert last["text"] == call.agent.messages.error_goodbye
+
+
+def _loud_windows(samples: np.ndarray, rate: int, window: float = 0.05) -> list[float]:
+    step = int(rate * window)
+    return [
+        i / rate
+        for i in range(0, len(samples) - step, step)
+        if float(np.sqrt(np.mean(samples[i : i + step].astype(np.float64) ** 2))) > LOUD
+    ]
+
+
+async def speech_seconds(samples: np.ndarray, rate: int, vad_model: vad.VAD) -> float:
+    """Seconds of `samples` Silero calls speech (run as fast as it goes, not in real time)."""
+    stream = vad_model.stream()
+    step = rate // 50
+    for i in range(0, len(samples) - step, step):
+        stream.push_frame(rtc.AudioFrame(samples[i : i + step].tobytes(), rate, 1, step))
+    stream.push_frame(rtc.AudioFrame(np.zeros(rate, np.int16).tobytes(), rate, 1, rate))
+    stream.end_input()
+    speech = 0.0
+    async for event in stream:
+        if event.type == vad.VADEventType.END_OF_SPEECH:
+            speech += event.speech_duration
+    return speech
