@@ -46,6 +46,7 @@ LOCAL_DEFAULTS: dict[str, ProviderEntry] = {
 }
 LOCAL_API_KEY = "local"  # the local LLM server checks no key; the OpenAI client needs one
 LOCAL_REPEAT_PENALTY = 1.3
+MAX_SESSION_ERRORS = 100
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,9 @@ def build_providers(
             stt_conn_options=stage_options(agent.stt),
             llm_conn_options=stage_options(agent.llm),
             tts_conn_options=stage_options(agent.tts),
-            max_unrecoverable_errors=3,
+            # the call ends at the first unrecoverable error itself, with the recorded apology;
+            # the session must not close under it while the apology plays
+            max_unrecoverable_errors=MAX_SESSION_ERRORS,
         ),
     )
 

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tests.harness import CallHarness, Event, Recording, check_call_events, make_agent, wer
 from tests.standins.base import Faults, StandIn
+from tests.standins.elevenlabs import ElevenLabsStandIn
+from tests.standins.openai import OpenAIStandIn
 from worker.providers import build_providers
 
 HERE = Path(__file__).resolve().parent
@@ -122,14 +124,16 @@ class Expect(_Strict):
     speech: bool = True
     """Every agent turn that says something is heard as speech (Silero finds it)."""
     barge_ins: list[BargeIn] = Field(default_factory=list)
-    llm_cancelled: bool = False
-    """A reply's LLM stream was dropped before its end (a barge-in: not billed further)."""
-    tts_cancelled: bool = False
-    """A reply's TTS context was closed with text left unsynthesised."""
+    cut_short: bool = False
+    """A barge-in stopped the work on the reply it interrupted: the LLM stream was dropped
+    before its end, and its TTS context was closed having received (and billed) only part of
+    the reply."""
     apology_within: float | None = None
     """The recorded apology starts within this many seconds of the first faulty request."""
     next_call: bool = False
     """A second call afterwards, faults off, is served normally."""
+    connections: dict[str, int] = Field(default_factory=dict)
+    """WebSocket connections each stage's stand-ins accepted (a reconnect makes two)."""
     max_user_wer: float | None = None
     """For `content: whisper`: the recognised user text's word error rate at most this."""
 
@@ -264,7 +268,7 @@ class ScenarioRunner:
                 for task in tasks:
                     task.cancel()
             missed = [uid for uid in recording.utterances if uid not in played]
-            assert not missed, f"never played (their trigger did not happen): {missed}"
+            assert not missed, f"never played (their trigger did not come): {missed}"
             await call.result(timeout=15)
         return Outcome(call, stages, played, fault_times)
 
@@ -341,12 +345,16 @@ async def check(
         assert call.agent_rms(start - 1.0, start) > LOUD, "the agent was talking"
         after = start + barge_in.stops_within
         assert call.agent_rms(after, after + 0.5) < LOUD, "the agent stopped talking"
-    if expect.llm_cancelled:
-        requests = [r for s in outcome.stages["llm"].servers for r in s.of_kind("request")]
-        assert any(r.outcome == "cancelled" for r in requests), [r.outcome for r in requests]
-    if expect.tts_cancelled:
-        contexts = [c for s in outcome.stages["tts"].servers for c in s.of_kind("context")]
-        assert any(c.outcome == "cancelled" for c in contexts), [c.outcome for c in contexts]
+    if expect.cut_short:
+        _check_cut_short(outcome)
+    for stage, count in expect.connections.items():
+        accepted = [
+            r
+            for server in outcome.stages[stage].servers
+            for r in server.of_kind("connect")
+            if r.outcome != "rejected"
+        ]
+        assert len(accepted) == count, [r.outcome for r in accepted]
     if expect.apology_within is not None:
         _check_apology(outcome, expect.apology_within)
 
@@ -395,6 +403,28 @@ async def _check_speech(call: CallHarness, finals: list[Event], vad_model: vad.V
         assert heard >= min(0.4, 0.3 * (end - start)), (
             f"agent turn {event['text']!r}: {heard:.2f}s of speech in {end - start:.2f}s"
         )
+
+
+def _check_cut_short(outcome: Outcome) -> None:
+    llm_servers = [s for s in outcome.stages["llm"].servers if isinstance(s, OpenAIStandIn)]
+    cut = [c for s in llm_servers for c in s.completions if c.outcome == "cancelled"]
+    assert cut, "no LLM stream was dropped"
+    reply = "".join(p for p in cut[0].reply if isinstance(p, str))
+    assert len(cut[0].text_sent) < len(reply), "the LLM stream was dropped before its end"
+    tts_servers = [s for s in outcome.stages["tts"].servers if isinstance(s, ElevenLabsStandIn)]
+    contexts = [c for s in tts_servers for c in s.contexts() if c.text.strip()]
+    heard = [c for c in contexts if reply.startswith(c.text.strip()[:20])]
+    assert heard, "the interrupted reply reached the TTS"
+    assert heard[0].characters < len(reply), (
+        f"TTS billed {heard[0].characters} of the reply's {len(reply)} characters"
+    )
+    closed = [
+        m.body["context_id"]
+        for s in tts_servers
+        for m in s.of_kind("message")
+        if isinstance(m.body, dict) and m.body.get("close_context")
+    ]
+    assert heard[0].context_id in closed, "the TTS context was closed"
 
 
 def _check_apology(outcome: Outcome, within: float) -> None:

@@ -2,56 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from livekit.agents import vad
 
 from tests.harness import Recording
-from tests.scenarios.runner import Provider, Scenario, ScenarioRunner, check, scenario_files
-from tests.standins.base import StandIn
-from tests.standins.deepgram import ClipMatcher, DeepgramStandIn, WhisperTranscriber
-from tests.standins.elevenlabs import ElevenLabsStandIn, HumVoice, PiperVoice
-from tests.standins.openai import OpenAIStandIn, Script, ToolCall
-
-
-def stand_in_factory(
-    piper: Callable[[], PiperVoice], whisper: Callable[[], WhisperTranscriber]
-) -> Callable[[str, Provider, Recording, str], StandIn]:
-    """Builds a stage's stand-in from its scenario entry; content from the manifest by default."""
-
-    def make(stage: str, spec: Provider, recording: Recording, key: str) -> StandIn:
-        if stage == "stt":
-            clips = [(recording.clip(uid), recording.text(uid)) for uid in recording.utterances]
-            transcriber = ClipMatcher(clips) if spec.content == "manifest" else whisper()
-            return DeepgramStandIn(api_key=key, transcriber=transcriber)
-        if stage == "llm":
-            rules = [(r.match, reply(r.say, r.call)) for r in spec.replies]
-            return OpenAIStandIn(
-                api_key=key,
-                responder=Script(rules, [spec.default]),
-                first_token=spec.first_token,
-                token_interval=spec.token_interval,
-            )
-        voice = piper() if spec.voice == "piper" else HumVoice()
-        return ElevenLabsStandIn(api_key=key, voice=voice, first_audio=spec.first_audio)
-
-    return make
-
-
-def reply(say: str, call: str | None) -> list[str | ToolCall]:
-    parts: list[str | ToolCall] = [say] if say else []
-    return [*parts, ToolCall(call)] if call else parts
-
-
-@pytest.fixture(scope="session")
-def runner(vad_model: vad.VAD) -> ScenarioRunner:
-    """One Piper voice and one Whisper model for the whole run, loaded on first use."""
-    piper = functools.cache(PiperVoice)
-    whisper = functools.cache(WhisperTranscriber)
-    return ScenarioRunner(vad_model=vad_model, make_stand_in=stand_in_factory(piper, whisper))
+from tests.scenarios.runner import Scenario, ScenarioRunner, check, scenario_files
 
 
 @pytest.mark.timeout(180)

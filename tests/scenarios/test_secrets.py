@@ -1,0 +1,123 @@
+"""Provider keys never reach the caller or the logs, even when a provider rejects them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+from livekit.agents import vad
+from livekit.agents.cli.log import JsonFormatter
+
+from tests.harness import Recording
+from tests.scenarios.runner import (
+    HERE,
+    STAGE_KEYS,
+    Outcome,
+    Provider,
+    Scenario,
+    ScenarioRunner,
+    check,
+)
+from tests.standins.base import StandIn
+from worker.logs import install_redaction
+
+KEYS = {
+    "DEEPGRAM_API_KEY": "dg-4f9c2a7e81b3d6e0c5a9f1e2",
+    "OPENAI_API_KEY": "sk-proj-8d2e6b1a9c4f7e03b5d1a6c9",
+    "ELEVEN_API_KEY": "xi-5b8e1d4a7c2f9e06a3d8b1c4",
+}
+
+
+@pytest.fixture
+def worker_log() -> Iterator[io.StringIO]:
+    """Every record at DEBUG, written as the worker writes its logs in production: LiveKit's
+    JSON formatter behind the worker's redaction filter."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    install_redaction(KEYS)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def wrong_keys(
+    make: Callable[[str, Provider, Recording, str], StandIn],
+) -> Callable[[str, Provider, Recording, str], StandIn]:
+    """Stand-ins that expect other keys than the worker sends: every provider rejects it."""
+    return lambda stage, spec, recording, key: make(stage, spec, recording, key[::-1])
+
+
+async def run_and_collect(
+    runner: ScenarioRunner, name: str, vad_model: vad.VAD, *, check_outcome: bool
+) -> Outcome:
+    scenario = Scenario.load(HERE / f"{name}.yaml")
+    recording = Recording.load(scenario.recording)
+    outcome = await runner.run(scenario, recording)
+    if check_outcome:
+        await check(scenario, recording, outcome, vad_model)
+    return outcome
+
+
+def leaks(text: str) -> list[str]:
+    return [name for name, key in KEYS.items() if key in text]
+
+
+@pytest.mark.timeout(120)
+async def test_keys_stay_secret_in_a_whole_call(
+    runner: ScenarioRunner,
+    vad_model: vad.VAD,
+    worker_log: io.StringIO,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    keyed = ScenarioRunner(vad_model=vad_model, make_stand_in=runner.make_stand_in, keys=KEYS)
+    outcome = await run_and_collect(keyed, "barge_in", vad_model, check_outcome=True)
+    sent = [r.headers for s in outcome.stages.values() for srv in s.servers for r in srv.received]
+    assert any(KEYS["OPENAI_API_KEY"] in h.get("Authorization", "") for h in sent), (
+        "the keys were really used"
+    )
+    out, err = capfd.readouterr()
+    assert worker_log.getvalue(), "the logs were captured"
+    for where, text in [
+        ("events", json.dumps(outcome.call.events)),
+        ("logs", worker_log.getvalue()),
+        ("stdout", out),
+        ("stderr", err),
+    ]:
+        assert not leaks(text), f"{leaks(text)} in the {where}"
+
+
+@pytest.mark.timeout(120)
+async def test_rejected_keys_stay_secret(
+    runner: ScenarioRunner,
+    vad_model: vad.VAD,
+    worker_log: io.StringIO,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    rejecting = ScenarioRunner(
+        vad_model=vad_model, make_stand_in=wrong_keys(runner.make_stand_in), keys=KEYS
+    )
+    outcome = await run_and_collect(rejecting, "stt_down", vad_model, check_outcome=False)
+    assert outcome.call.of_type("call_ended")[0]["reason"] == "error"
+    rejected = [r for s in outcome.stages.values() for srv in s.servers for r in srv.received]
+    assert any(r.outcome == "rejected" for r in rejected), "a provider rejected its key"
+    out, err = capfd.readouterr()
+    text = worker_log.getvalue()
+    assert "401" in text, "the rejection was logged"
+    for where, captured in [
+        ("events", json.dumps(outcome.call.events)),
+        ("logs", text),
+        ("stdout", out),
+        ("stderr", err),
+    ]:
+        assert not leaks(captured), f"{leaks(captured)} in the {where}"
+    assert set(STAGE_KEYS.values()) == set(KEYS)
