@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.clips import BUNDLED_APOLOGY
 from worker.config import AgentConfig, ConfigError, load_agent_file, load_registry
 from worker.placeholders import placeholder_values, sanitize
 
@@ -55,7 +56,7 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
         agent.render(agent.instructions, {"who": "Sam"})
         == "You help Sam. Literal braces look like {this}."
     )
-    assert agent.stt[0].timeout == 5.0
+    assert agent.stt[0].timeout == 3.0
     assert agent.stt[0].retries == 1
     assert agent.limits.max_duration == 1800
     assert agent.turn_taking.detection == "vad"
@@ -141,6 +142,21 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
             "instructions: String should have at least 1",
         ),
         ("You help {who}.", "You help {whom}.", "instructions: uses placeholder {whom}"),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nmessages: {error_goodbye: 'Oops, call later.'}",
+            "messages.error_goodbye_audio: a custom error_goodbye needs its recording",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nmessages: {error_goodbye_audio: missing.wav}",
+            "messages.error_goodbye_audio: " + "{dir}/missing.wav: no such file",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nmessages: {error_goodbye_audio: broken.md}",
+            "messages.error_goodbye_audio: {dir}/broken.md: not a PCM WAV file",
+        ),
     ],
 )
 def test_invalid_files_name_file_and_field(
@@ -149,9 +165,22 @@ def test_invalid_files_name_file_and_field(
     assert replace in VALID
     write(tmp_path, "broken.md", VALID.replace(replace, by, 1))
     problems = problems_of(tmp_path)
+    expected = expected.replace("{dir}", str(tmp_path))
     assert any(p.startswith(f"{tmp_path / 'broken.md'}: ") and expected in p for p in problems), (
         problems
     )
+
+
+def test_a_custom_apology_plays_from_its_own_recording(tmp_path: Path) -> None:
+    (tmp_path / "sorry.wav").write_bytes(BUNDLED_APOLOGY.read_bytes())
+    custom = "messages: {error_goodbye: 'Oops, call later.', error_goodbye_audio: sorry.wav}"
+    text = VALID.replace(
+        "tts: [{provider: elevenlabs}]", "tts: [{provider: elevenlabs}]\n" + custom
+    )
+    agent = load_agent_file(write(tmp_path, "a.md", text))
+    assert agent.apology_clip == tmp_path / "sorry.wav"
+    assert "error_goodbye_audio" not in agent.messages.lines()
+    assert load_agent_file(write(tmp_path, "b.md", VALID)).apology_clip == BUNDLED_APOLOGY
 
 
 def test_front_matter_must_be_a_mapping(tmp_path: Path) -> None:

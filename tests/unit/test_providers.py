@@ -24,7 +24,7 @@ KEYS = {"DEEPGRAM_API_KEY": "dg-test", "OPENAI_API_KEY": "sk-test", "ELEVEN_API_
 async def test_builds_the_configured_plugins() -> None:
     agent = make_agent(
         language="en-GB",
-        stt=[{"provider": "deepgram", "model": "nova-3", "timeout": 3, "retries": 2}],
+        stt=[{"provider": "deepgram", "model": "nova-3", "timeout": 2, "retries": 2}],
         llm=[{"provider": "openai", "model": "gpt-4.1-mini", "temperature": 0.2, "max_tokens": 99}],
         tts=[{"provider": "elevenlabs", "voice": "voice-123", "options": {"streaming_latency": 2}}],
     )
@@ -41,8 +41,8 @@ async def test_builds_the_configured_plugins() -> None:
     assert options.language == "en"
     assert options.streaming_latency == 2
     conn = providers.conn_options
-    assert conn.stt_conn_options == APIConnectOptions(max_retry=2, retry_interval=0.5, timeout=3)
-    assert conn.llm_conn_options.timeout == 5.0
+    assert conn.stt_conn_options == APIConnectOptions(max_retry=2, retry_interval=0.5, timeout=2)
+    assert conn.llm_conn_options.timeout == 3.0  # the default
 
 
 async def test_base_urls_come_from_config_then_environment() -> None:
