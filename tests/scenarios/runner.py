@@ -124,6 +124,9 @@ class Expect(_Strict):
     speech: bool = True
     """Every agent turn that says something is heard as speech (Silero finds it)."""
     barge_ins: list[BargeIn] = Field(default_factory=list)
+    resumed: bool = False
+    """Some agent turn paused (the caller made a sound) and went on speaking: a false
+    interruption."""
     cut_short: bool = False
     """A barge-in stopped the work on the reply it interrupted: the LLM stream was dropped
     before its end, and its TTS context was closed having received (and billed) only part of
@@ -345,6 +348,8 @@ async def check(
         assert call.agent_rms(start - 1.0, start) > LOUD, "the agent was talking"
         after = start + barge_in.stops_within
         assert call.agent_rms(after, after + 0.5) < LOUD, "the agent stopped talking"
+    if expect.resumed:
+        assert _resumed_turns(call.events), "no agent turn paused and resumed"
     if expect.cut_short:
         _check_cut_short(outcome)
     for stage, count in expect.connections.items():
@@ -403,6 +408,19 @@ async def _check_speech(call: CallHarness, finals: list[Event], vad_model: vad.V
         assert heard >= min(0.4, 0.3 * (end - start)), (
             f"agent turn {event['text']!r}: {heard:.2f}s of speech in {end - start:.2f}s"
         )
+
+
+def _resumed_turns(events: list[Event]) -> list[str]:
+    """Agent turns whose states went speaking, listening, speaking before they ended."""
+    resumed, states = [], []
+    for event in events:
+        if event["type"] == "agent_state":
+            states.append(event["state"])
+        elif event["type"] == "transcript" and event["final"]:
+            if event["role"] == "agent" and "speaking,listening,speaking" in ",".join(states):
+                resumed.append(event["text"])
+            states = []
+    return resumed
 
 
 def _check_cut_short(outcome: Outcome) -> None:
