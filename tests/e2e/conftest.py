@@ -91,7 +91,8 @@ class LiveKitFixture:
 @pytest.fixture
 async def livekit_server() -> AsyncIterator[LiveKitFixture]:
     config = load_config()
-    server = LiveKitTestServer(config.api_key, config.api_secret, host=ADDRESS)
+    # livekit.yaml's port: free inside the test namespace, and the file developers use is exercised
+    server = LiveKitTestServer(config.api_key, config.api_secret, host=ADDRESS, port=config.port)
     workers = WorkerService(server)
     TwirpService(server, workers)
     async with server:
