@@ -1,0 +1,303 @@
+"""Whole calls over LiveKit: the worker as a `python -m worker start` subprocess, its providers
+local stand-ins, and a caller on the official `livekit` SDK in the test process.
+
+`stand_ins` serves the recording's clips (`ClipMatcher`), a `Script` and `HumVoice`;
+`voice_worker` runs the worker against them until it has registered with the test server;
+`Caller` creates and dispatches a room, talks into it in real time and records what it gets
+back: the agent's audio level over time and the JSON events on the worker's topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from livekit import api, rtc
+
+from tests.e2e.conftest import LiveKitFixture
+from tests.harness import Recording
+from tests.lkserver.workers import RegisteredWorker
+from tests.standins.deepgram import ClipMatcher, DeepgramStandIn
+from tests.standins.elevenlabs import ElevenLabsStandIn, HumVoice
+from tests.standins.openai import OpenAIStandIn, Script
+from worker.protocol import TOPIC
+from worker.settings import DEFAULT_AGENT_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+SUPPORT_PROMPT = ROOT / "prompts" / "support.md"
+SUPPORT_PREFIX = "5b710eca"
+GREETING = "Hi there, this is Ava from Acme support. How can I help you today?"
+KEYS = {"DEEPGRAM_API_KEY": "dg-e2e", "OPENAI_API_KEY": "sk-e2e", "ELEVEN_API_KEY": "el-e2e"}
+
+REGISTER_S = 60
+"""Importing livekit-agents and the plugins, then forking a warm process, on a busy machine."""
+JOIN_S = 30
+STOP_S = 15
+RATE = 16000
+FRAME = RATE // 100
+SPEECH_RMS = 300.0
+"""The int16 RMS of a 10 ms frame of the agent's audio that counts as speech (HumVoice: ~3000)."""
+
+Samples = npt.NDArray[np.int16]
+Event = dict[str, Any]
+
+
+@dataclass
+class StandIns:
+    stt: DeepgramStandIn
+    llm: OpenAIStandIn
+    tts: ElevenLabsStandIn
+
+    def env(self) -> dict[str, str]:
+        """What points the worker's plugins at these stand-ins."""
+        return {
+            **KEYS,
+            "DEEPGRAM_BASE_URL": self.stt.url,
+            "OPENAI_BASE_URL": self.llm.url,
+            "ELEVENLABS_BASE_URL": self.tts.url,
+        }
+
+
+@asynccontextmanager
+async def stand_ins(
+    recording: Recording, replies: Sequence[tuple[str, str]]
+) -> AsyncIterator[StandIns]:
+    """Deepgram knowing the recording's clips, a scripted LLM (regex -> reply), a humming TTS."""
+    clips = [(recording.clip(uid), recording.text(uid)) for uid in recording.utterances]
+    # the clips reach the stand-in through Opus twice (caller -> server -> worker): a looser match
+    # than the default, safe with these recordings' few, distinct clips
+    matcher = ClipMatcher(clips, min_score=0.8)
+    stt = DeepgramStandIn(api_key=KEYS["DEEPGRAM_API_KEY"], transcriber=matcher)
+    llm = OpenAIStandIn(
+        api_key=KEYS["OPENAI_API_KEY"],
+        responder=Script([(match, [say]) for match, say in replies], ["I see."]),
+    )
+    tts = ElevenLabsStandIn(api_key=KEYS["ELEVEN_API_KEY"], voice=HumVoice())
+    async with stt, llm, tts:
+        yield StandIns(stt, llm, tts)
+    print(f"--- STT results (final, text) ---\n{stt.results}")
+
+
+@asynccontextmanager
+async def voice_worker(
+    lk: LiveKitFixture, services: StandIns, log_dir: Path
+) -> AsyncIterator[RegisteredWorker]:
+    """`python -m worker start` serving the support agent, once it has registered; stopped (its
+    process group too) and its log printed afterwards, which pytest shows for a failed test."""
+    prompts = log_dir / "prompts"
+    prompts.mkdir(exist_ok=True)
+    shutil.copy(SUPPORT_PROMPT, prompts)
+    env = {
+        **os.environ,
+        **services.env(),
+        "LIVEKIT_URL": lk.url,
+        "LIVEKIT_API_KEY": lk.api_key,
+        "LIVEKIT_API_SECRET": lk.api_secret,
+        "WORKER_PROMPTS_DIR": str(prompts),
+        "WORKER_IDLE_PROCESSES": "1",
+        "WORKER_CPU_LIMIT": "off",  # a busy test machine must not make it decline calls
+        "WORKER_HEALTH_PORT": "0",
+    }
+    env.pop("LIVEKIT_AGENT_NAME", None)
+    known = set(lk.workers.workers)
+    log_path = log_dir / "worker.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "start",
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its job processes go with it at the end
+        )
+        try:
+            yield await _registered(lk, process, known)
+        finally:
+            await _stop(process, log)
+    # pytest shows a test's captured output only when it failed
+    print(f"--- worker log ({log_path}) ---\n{log_path.read_text(errors='replace')}")
+
+
+async def _registered(
+    lk: LiveKitFixture, process: asyncio.subprocess.Process, known: set[str]
+) -> RegisteredWorker:
+    def new_worker() -> RegisteredWorker | None:
+        return next((w for w in lk.workers.workers.values() if w.id not in known), None)
+
+    def registered_or_exited() -> bool:
+        return new_worker() is not None or process.returncode is not None
+
+    await until(registered_or_exited, REGISTER_S, "the worker to register")
+    if (worker := new_worker()) is None:
+        pytest.fail(f"the worker exited with code {process.returncode} before registering")
+    return worker
+
+
+async def _stop(process: asyncio.subprocess.Process, log: IO[bytes]) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_S)
+        except TimeoutError:
+            log.write(b"\n[test] the worker did not stop on SIGTERM: killing its group\n")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+def room_name(user_id: str = "user1") -> str:
+    return f"agent_{SUPPORT_PREFIX}_{user_id}_{int(time.time() * 1000)}"
+
+
+async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), failing after `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if result := predicate():
+                    break
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    return result
+
+
+class Caller:
+    """A caller's app: creates `room`, dispatches the agent, joins as `identity`, keeps a
+    microphone track going (silence between clips) and records the agent's audio and events."""
+
+    def __init__(self, lk: LiveKitFixture, room: str, identity: str = "user1") -> None:
+        self.lk = lk
+        self.room_name = room
+        self.identity = identity
+        self.room = rtc.Room()
+        self.events: list[Event] = []
+        self.levels: list[tuple[float, float]] = []
+        """(monotonic time, RMS) of each 10 ms frame of the agent's audio."""
+        self._source = rtc.AudioSource(RATE, 1)
+        self._pending: list[Samples] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.room.on("data_received", self._on_data)
+        self.room.on("track_subscribed", self._on_track)
+
+    async def dispatch(self) -> None:
+        """Create the room and dispatch the worker's agent into it, as the app's backend does."""
+        lkapi = self.lk.api()
+        await lkapi.room.create_room(api.CreateRoomRequest(name=self.room_name, empty_timeout=60))
+        await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=DEFAULT_AGENT_NAME, room=self.room_name)
+        )
+
+    async def join(self) -> None:
+        token = self.lk.token(self.identity, self.room_name, can_publish_data=True)
+        async with asyncio.timeout(JOIN_S):
+            await self.room.connect(self.lk.url, token)
+            track = rtc.LocalAudioTrack.create_audio_track("mic", self._source)
+            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            await self.room.local_participant.publish_track(track, options)
+        self._spawn(self._microphone())
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_S):
+                await self.room.disconnect()
+        await self._source.aclose()
+
+    def play(self, clip: Samples) -> None:
+        """Queue `clip` on the microphone, after what is still playing."""
+        self._pending.append(clip)
+
+    async def send(self, message: Event) -> None:
+        await self.room.local_participant.publish_data(
+            json.dumps(message).encode(), reliable=True, topic=TOPIC
+        )
+
+    def agent(self) -> rtc.RemoteParticipant | None:
+        kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        return next((p for p in self.room.remote_participants.values() if p.kind == kind), None)
+
+    def spoke_since(self, since: float, seconds: float = 0.3) -> bool:
+        """Whether the agent's audio was at speech level for `seconds` in all after `since`."""
+        frames = sum(1 for at, level in self.levels if at >= since and level > SPEECH_RMS)
+        return frames >= seconds * 100
+
+    def find(self, **fields: Any) -> list[Event]:
+        return [e for e in self.events if all(e.get(k) == v for k, v in fields.items())]
+
+    async def event(self, timeout: float, **fields: Any) -> Event:
+        """The first event with these field values, waiting for it up to `timeout`."""
+        found: list[Event] = await until(lambda: self.find(**fields), timeout, f"event {fields}")
+        return found[0]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+    async def _microphone(self) -> None:
+        """10 ms frames paced by the clock: the queued clips, silence in between."""
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
+        buffer = np.zeros(0, dtype=np.int16)
+        while True:
+            if buffer.size < FRAME and self._pending:
+                buffer = np.concatenate([buffer, self._pending.pop(0)])
+            frame = np.zeros(FRAME, dtype=np.int16)
+            chunk, buffer = buffer[:FRAME], buffer[FRAME:]
+            frame[: chunk.size] = chunk
+            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, FRAME))
+            sent += 1
+            await asyncio.sleep(max(0.0, start + sent / 100 - loop.time()))
+
+    def _on_data(self, packet: rtc.DataPacket) -> None:
+        if packet.topic == TOPIC:
+            self.events.append(json.loads(packet.data))
+
+    def _on_track(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            self._spawn(self._listen(track))
+
+    async def _listen(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
+        try:
+            async for event in stream:
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                self.levels.append((time.monotonic(), float(np.sqrt(np.mean(pcm**2)))))
+        finally:
+            await stream.aclose()
+
+
+@asynccontextmanager
+async def call(lk: LiveKitFixture, room: str | None = None) -> AsyncIterator[Caller]:
+    """A dispatched room with the caller in it; the caller leaves at the end."""
+    caller = Caller(lk, room or room_name())
+    await caller.dispatch()
+    try:
+        await caller.join()
+        yield caller
+    finally:
+        await caller.leave()
