@@ -130,7 +130,7 @@ async def voice_worker(
         try:
             yield await _registered(lk, process, known)
         finally:
-            await _stop(process, log)
+            await stop_process(process, log)
     # pytest shows a test's captured output only when it failed
     print(f"--- worker log ({log_path}) ---\n{log_path.read_text(errors='replace')}")
 
@@ -150,7 +150,8 @@ async def _registered(
     return worker
 
 
-async def _stop(process: asyncio.subprocess.Process, log: IO[bytes]) -> None:
+async def stop_process(process: asyncio.subprocess.Process, log: IO[bytes]) -> None:
+    """SIGTERM first (a worker drains); its process group is killed if it lingers."""
     if process.returncode is None:
         process.terminate()
         try:

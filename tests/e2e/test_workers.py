@@ -7,14 +7,11 @@ so these exercise the framework's side of the protocol rather than a copy of it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 import pytest
@@ -22,6 +19,7 @@ from livekit import api, rtc
 from livekit.protocol import agent as proto_agent
 
 from tests.e2e.agent_worker import CONNECTED
+from tests.e2e.calls import stop_process
 from tests.e2e.conftest import LiveKitFixture
 from tests.lkserver.workers import ENDED, JobRecord, RegisteredWorker
 
@@ -31,7 +29,6 @@ AGENT_NAME = "e2e-agent"
 REGISTER_S = 60
 """Importing livekit-agents and forking its idle process takes long on a busy 2-core machine."""
 JOIN_S = 30
-STOP_S = 15
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -64,7 +61,7 @@ async def agent_worker(
         try:
             yield await _registered(lk, process, known, log_path)
         finally:
-            await _stop(process, log)
+            await stop_process(process, log)
 
 
 async def _registered(
@@ -90,19 +87,6 @@ async def _registered(
 
 def _tail(log_path: Path) -> str:
     return log_path.read_text(errors="replace")[-3000:]
-
-
-async def _stop(process: asyncio.subprocess.Process, log: IO[bytes]) -> None:
-    """SIGTERM drains (agent_worker.py keeps that short); the group is killed if it lingers."""
-    if process.returncode is None:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_S)
-        except TimeoutError:
-            log.write(b"\n[test] the worker did not stop on SIGTERM: killing its group\n")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # leftover job processes, if any
-    await process.wait()
 
 
 @asynccontextmanager
