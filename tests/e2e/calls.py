@@ -2,9 +2,10 @@
 local stand-ins, and a caller on the official `livekit` SDK in the test process.
 
 `stand_ins` serves the recording's clips (`ClipMatcher`), a `Script` and `HumVoice`;
-`voice_worker` runs the worker against them until it has registered with the test server;
-`Caller` creates and dispatches a room, talks into it in real time and records what it gets
-back: the agent's audio level over time and the JSON events on the worker's topic.
+`voice_worker` runs the worker against them (or its local models) until it has registered with
+the test server; `call` creates and dispatches a room and puts a `Caller` in it, who talks into
+it in real time and records what comes back: the agent's audio level over time and the JSON
+events on the worker's topic, each with the time it arrived.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from tests.harness import Recording
 from tests.lkserver.workers import RegisteredWorker
 from tests.standins.deepgram import ClipMatcher, DeepgramStandIn
 from tests.standins.elevenlabs import ElevenLabsStandIn, HumVoice
-from tests.standins.openai import OpenAIStandIn, Script
+from tests.standins.openai import OpenAIStandIn, Responder, Script
 from worker.protocol import TOPIC
 from worker.settings import DEFAULT_AGENT_NAME
 
@@ -46,6 +48,8 @@ KEYS = {"DEEPGRAM_API_KEY": "dg-e2e", "OPENAI_API_KEY": "sk-e2e", "ELEVEN_API_KE
 REGISTER_S = 60
 """Importing livekit-agents and the plugins, then forking a warm process, on a busy machine."""
 JOIN_S = 30
+TURN_S = 20
+"""For one turn of a call: the caller's words heard, the agent's answer spoken."""
 STOP_S = 15
 RATE = 16000
 FRAME = RATE // 100
@@ -72,47 +76,69 @@ class StandIns:
         }
 
 
+def script(replies: Sequence[tuple[str, str]]) -> Script:
+    """Replies by regex on the caller's last words; "I see." to anything else."""
+    return Script([(match, [say]) for match, say in replies], ["I see."])
+
+
 @asynccontextmanager
-async def stand_ins(
-    recording: Recording, replies: Sequence[tuple[str, str]]
-) -> AsyncIterator[StandIns]:
-    """Deepgram knowing the recording's clips, a scripted LLM (regex -> reply), a humming TTS."""
+async def stand_ins(recording: Recording, llm: Responder) -> AsyncIterator[StandIns]:
+    """Deepgram knowing the recording's clips, the LLM answering with `llm`, a humming TTS."""
     clips = [(recording.clip(uid), recording.text(uid)) for uid in recording.utterances]
     # the clips reach the stand-in through Opus twice (caller -> server -> worker): a looser match
     # than the default, safe with these recordings' few, distinct clips
     matcher = ClipMatcher(clips, min_score=0.8)
     stt = DeepgramStandIn(api_key=KEYS["DEEPGRAM_API_KEY"], transcriber=matcher)
-    llm = OpenAIStandIn(
-        api_key=KEYS["OPENAI_API_KEY"],
-        responder=Script([(match, [say]) for match, say in replies], ["I see."]),
-    )
+    llm_service = OpenAIStandIn(api_key=KEYS["OPENAI_API_KEY"], responder=llm)
     tts = ElevenLabsStandIn(api_key=KEYS["ELEVEN_API_KEY"], voice=HumVoice())
-    async with stt, llm, tts:
-        yield StandIns(stt, llm, tts)
+    async with stt, llm_service, tts:
+        yield StandIns(stt, llm_service, tts)
     print(f"--- STT results (final, text) ---\n{stt.results}")
+
+
+@dataclass
+class WorkerProcess:
+    """A registered `python -m worker start` subprocess."""
+
+    registered: RegisteredWorker
+    """The test server's record of it: status, jobs."""
+    process: asyncio.subprocess.Process
+
+    @property
+    def id(self) -> str:
+        return self.registered.id
 
 
 @asynccontextmanager
 async def voice_worker(
-    lk: LiveKitFixture, services: StandIns, log_dir: Path
-) -> AsyncIterator[RegisteredWorker]:
-    """`python -m worker start` serving the support agent, once it has registered; stopped (its
-    process group too) and its log printed afterwards, which pytest shows for a failed test."""
-    prompts = log_dir / "prompts"
-    prompts.mkdir(exist_ok=True)
-    shutil.copy(SUPPORT_PROMPT, prompts)
-    env = {
+    lk: LiveKitFixture,
+    log_dir: Path,
+    env: Mapping[str, str | None],
+    prompts: Sequence[Path] = (SUPPORT_PROMPT,),
+) -> AsyncIterator[WorkerProcess]:
+    """`python -m worker start` serving `prompts`, once it has registered; stopped (its process
+    group too) and its log printed afterwards, which pytest shows for a failed test. `env` adds
+    to the test's environment (None unsets): `StandIns.env()`, settings."""
+    prompts_dir = log_dir / "prompts"
+    prompts_dir.mkdir(exist_ok=True)
+    for prompt in prompts:
+        shutil.copy(prompt, prompts_dir)
+    environment = {
         **os.environ,
-        **services.env(),
         "LIVEKIT_URL": lk.url,
         "LIVEKIT_API_KEY": lk.api_key,
         "LIVEKIT_API_SECRET": lk.api_secret,
-        "WORKER_PROMPTS_DIR": str(prompts),
+        "WORKER_PROMPTS_DIR": str(prompts_dir),
         "WORKER_IDLE_PROCESSES": "1",
         "WORKER_CPU_LIMIT": "off",  # a busy test machine must not make it decline calls
         "WORKER_HEALTH_PORT": "0",
     }
-    env.pop("LIVEKIT_AGENT_NAME", None)
+    environment.pop("LIVEKIT_AGENT_NAME", None)
+    for name, value in env.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     known = set(lk.workers.workers)
     log_path = log_dir / "worker.log"
     with log_path.open("wb") as log:
@@ -122,13 +148,13 @@ async def voice_worker(
             "worker",
             "start",
             cwd=ROOT,
-            env=env,
+            env=environment,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its job processes go with it at the end
         )
         try:
-            yield await _registered(lk, process, known)
+            yield WorkerProcess(await _registered(lk, process, known), process)
         finally:
             await stop_process(process, log)
     # pytest shows a test's captured output only when it failed
@@ -163,8 +189,8 @@ async def stop_process(process: asyncio.subprocess.Process, log: IO[bytes]) -> N
     await process.wait()
 
 
-def room_name(user_id: str = "user1") -> str:
-    return f"agent_{SUPPORT_PREFIX}_{user_id}_{int(time.time() * 1000)}"
+def room_name(user_id: str = "user1", agent: str = SUPPORT_PREFIX) -> str:
+    return f"agent_{agent}_{user_id}_{int(time.time() * 1000)}"
 
 
 async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -180,16 +206,27 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     return result
 
 
-class Caller:
-    """A caller's app: creates `room`, dispatches the agent, joins as `identity`, keeps a
-    microphone track going (silence between clips) and records the agent's audio and events."""
+async def dispatch(lk: LiveKitFixture, room: str) -> None:
+    """Create the room and dispatch the worker's agent into it, as the app's backend does."""
+    lkapi = lk.api()
+    await lkapi.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=60))
+    await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name=DEFAULT_AGENT_NAME, room=room)
+    )
 
-    def __init__(self, lk: LiveKitFixture, room: str, identity: str = "user1") -> None:
-        self.lk = lk
-        self.room_name = room
-        self.identity = identity
+
+class Caller:
+    """A caller's app in a dispatched room: joins with `token`, keeps a microphone track going
+    (silence between clips) and records the agent's audio and events."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
         self.room = rtc.Room()
         self.events: list[Event] = []
+        self.arrivals: list[float] = []
+        """When each of `events` arrived (monotonic time)."""
+        self.agent_left_at: float | None = None
         self.levels: list[tuple[float, float]] = []
         """(monotonic time, RMS) of each 10 ms frame of the agent's audio."""
         self._source = rtc.AudioSource(RATE, 1)
@@ -197,19 +234,11 @@ class Caller:
         self._tasks: set[asyncio.Task[None]] = set()
         self.room.on("data_received", self._on_data)
         self.room.on("track_subscribed", self._on_track)
-
-    async def dispatch(self) -> None:
-        """Create the room and dispatch the worker's agent into it, as the app's backend does."""
-        lkapi = self.lk.api()
-        await lkapi.room.create_room(api.CreateRoomRequest(name=self.room_name, empty_timeout=60))
-        await lkapi.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=DEFAULT_AGENT_NAME, room=self.room_name)
-        )
+        self.room.on("participant_disconnected", self._on_participant_disconnected)
 
     async def join(self) -> None:
-        token = self.lk.token(self.identity, self.room_name, can_publish_data=True)
         async with asyncio.timeout(JOIN_S):
-            await self.room.connect(self.lk.url, token)
+            await self.room.connect(self.url, self.token)
             track = rtc.LocalAudioTrack.create_audio_track("mic", self._source)
             options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
             await self.room.local_participant.publish_track(track, options)
@@ -234,13 +263,19 @@ class Caller:
         )
 
     def agent(self) -> rtc.RemoteParticipant | None:
-        kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
-        return next((p for p in self.room.remote_participants.values() if p.kind == kind), None)
+        return next((p for p in self.room.remote_participants.values() if _is_agent(p)), None)
 
     def spoke_since(self, since: float, seconds: float = 0.3) -> bool:
         """Whether the agent's audio was at speech level for `seconds` in all after `since`."""
-        frames = sum(1 for at, level in self.levels if at >= since and level > SPEECH_RMS)
-        return frames >= seconds * 100
+        return self.speech_between(since, math.inf) >= seconds
+
+    def speech_between(self, start: float, end: float) -> float:
+        """Seconds of the agent's audio at speech level between two monotonic times."""
+        return sum(1 for at, level in self.levels if start <= at < end and level > SPEECH_RMS) / 100
+
+    def arrival(self, event: Event) -> float:
+        """When `event` (one of `events`) arrived."""
+        return self.arrivals[next(i for i, e in enumerate(self.events) if e is event)]
 
     def find(self, **fields: Any) -> list[Event]:
         return [e for e in self.events if all(e.get(k) == v for k, v in fields.items())]
@@ -272,6 +307,11 @@ class Caller:
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if packet.topic == TOPIC:
             self.events.append(json.loads(packet.data))
+            self.arrivals.append(time.monotonic())
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if _is_agent(participant):
+            self.agent_left_at = time.monotonic()
 
     def _on_track(
         self,
@@ -292,11 +332,18 @@ class Caller:
             await stream.aclose()
 
 
+def _is_agent(participant: rtc.RemoteParticipant) -> bool:
+    return participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+
+
 @asynccontextmanager
-async def call(lk: LiveKitFixture, room: str | None = None) -> AsyncIterator[Caller]:
+async def call(
+    lk: LiveKitFixture, room: str | None = None, identity: str = "user1"
+) -> AsyncIterator[Caller]:
     """A dispatched room with the caller in it; the caller leaves at the end."""
-    caller = Caller(lk, room or room_name())
-    await caller.dispatch()
+    room = room or room_name(identity)
+    await dispatch(lk, room)
+    caller = Caller(lk.url, lk.token(identity, room, can_publish_data=True))
     try:
         await caller.join()
         yield caller

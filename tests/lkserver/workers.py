@@ -68,6 +68,8 @@ class JobRecord:
     """`job.state` holds status, worker_id and participant_identity as the server knows them."""
     declined_by: list[str] = field(default_factory=list)
     """Ids of the workers that answered `available=false` (or not at all), in order."""
+    not_now: set[str] = field(default_factory=set)
+    """Workers not to ask again until they report themselves available (`WS_AVAILABLE`) anew."""
     terminated: bool = False
     """Whether a `termination` message went to the job's worker."""
     offering: bool = False
@@ -226,7 +228,7 @@ class WorkerService:
                     for worker in self.workers.values()
                     if worker.agent_name == job.agent_name
                     and worker.status == proto_agent.WS_AVAILABLE
-                    and worker.id not in record.declined_by
+                    and worker.id not in record.not_now
                 ]
                 if not candidates:
                     return
@@ -236,6 +238,7 @@ class WorkerService:
                     return  # cancelled meanwhile: a worker left waiting gives up on its own
                 if answer is None or not answer.available:
                     record.declined_by.append(worker.id)
+                    record.not_now.add(worker.id)
                     if answer is not None and answer.terminate:  # `JobRequest.reject()`'s default
                         self._end(job, proto_agent.JS_FAILED, f"rejected by worker {worker.id}")
                     await self._notify()
@@ -365,7 +368,8 @@ class WorkerService:
         return ws
 
     def _offer_pending(self, worker: RegisteredWorker) -> None:
-        """A worker that registers (or is available again) is offered the jobs nobody took."""
+        """A worker that registers (or is available again) is offered the jobs nobody took,
+        those it declined while busy included: its new status says it has room now."""
         for record in self._jobs_where(
             lambda job: (
                 job.agent_name == worker.agent_name
@@ -373,6 +377,7 @@ class WorkerService:
                 and not job.state.worker_id
             )
         ):
+            record.not_now.discard(worker.id)
             self._spawn(self._dispatch(record))
 
     async def _on_worker_message(
