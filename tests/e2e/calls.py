@@ -120,7 +120,7 @@ async def voice_worker(
     group too) and its log printed afterwards, which pytest shows for a failed test. `env` adds
     to the test's environment (None unsets): `StandIns.env()`, settings."""
     prompts_dir = log_dir / "prompts"
-    prompts_dir.mkdir(exist_ok=True)
+    prompts_dir.mkdir(parents=True, exist_ok=True)
     for prompt in prompts:
         shutil.copy(prompt, prompts_dir)
     environment = {
