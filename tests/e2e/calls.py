@@ -141,24 +141,26 @@ async def voice_worker(
             environment[name] = value
     known = set(lk.workers.workers)
     log_path = log_dir / "worker.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "start",
-            cwd=ROOT,
-            env=environment,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its job processes go with it at the end
-        )
-        try:
-            yield WorkerProcess(await _registered(lk, process, known), process)
-        finally:
-            await stop_process(process, log)
-    # pytest shows a test's captured output only when it failed
-    print(f"--- worker log ({log_path}) ---\n{log_path.read_text(errors='replace')}")
+    try:
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker",
+                "start",
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # its job processes go with it at the end
+            )
+            try:
+                yield WorkerProcess(await _registered(lk, process, known), process)
+            finally:
+                await stop_process(process, log)
+    finally:
+        # pytest shows a test's captured output only when it failed
+        print(f"--- worker log ({log_path}) ---\n{log_path.read_text(errors='replace')}")
 
 
 async def _registered(
@@ -261,6 +263,13 @@ class Caller:
         await self.room.local_participant.publish_data(
             json.dumps(message).encode(), reliable=True, topic=TOPIC
         )
+
+    async def hang_up(self, timeout: float = TURN_S) -> Event:
+        """`end_call`, as the app's hang-up button sends it: the call must end `client_ended`."""
+        await self.send({"type": "end_call"})
+        ended = await self.event(timeout, type="call_ended")
+        assert ended["reason"] == "client_ended", ended
+        return ended
 
     def agent(self) -> rtc.RemoteParticipant | None:
         return next((p for p in self.room.remote_participants.values() if _is_agent(p)), None)

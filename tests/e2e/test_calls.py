@@ -85,8 +85,7 @@ async def test_the_agent_joins_and_greets(
         greeting = await caller.event(TURN_S, type="transcript", role="agent", final=True)
         assert greeting["text"] == GREETING
         assert caller.spoke_since(start, seconds=1.0)
-        await caller.send({"type": "end_call"})
-        await caller.event(TURN_S, type="call_ended")
+        await caller.hang_up()
     check_call_events(caller.events)
 
 
@@ -103,8 +102,7 @@ async def test_a_question_gets_the_scripted_answer(
         answer = await caller.event(TURN_S, type="transcript", role="agent", text=ANSWER)
         assert (answer["final"], answer["interrupted"]) == (True, False)
         assert caller.arrival(heard) < caller.arrival(answer)
-        await caller.send({"type": "end_call"})
-        await caller.event(TURN_S, type="call_ended")
+        await caller.hang_up()
     check_call_events(caller.events)
 
 
@@ -128,8 +126,7 @@ async def test_talking_over_the_agent_stops_its_audio_and_the_reply_is_interrupt
         # the VAD has heard 0.3 s of silence
         quiet_until = talked_over + recording.clip("interrupt").size / 16000 + 0.3
         assert caller.speech_between(stopped, quiet_until) < 0.05, "the agent talked on"
-        await caller.send({"type": "end_call"})
-        await caller.event(TURN_S, type="call_ended")
+        await caller.hang_up()
     check_call_events(caller.events)
 
 
@@ -138,9 +135,7 @@ async def test_end_call_from_the_app_ends_the_call_and_the_agent_leaves(
 ) -> None:
     async with call(livekit_server) as caller:
         await caller.event(TURN_S, type="transcript", role="agent", final=True)
-        await caller.send({"type": "end_call"})
-        ended = await caller.event(TURN_S, type="call_ended")
-        assert ended["reason"] == "client_ended"
+        ended = await caller.hang_up()  # {"type": "end_call"}
         assert isinstance(ended["duration"], float | int)
         assert ended["duration"] > 0
         await until(lambda: caller.agent() is None, JOIN_S, "the agent to leave")
@@ -200,8 +195,7 @@ async def _next_call_is_taken(lk: LiveKitFixture, worker: WorkerProcess) -> None
         assert caller.spoke_since(start, seconds=1.0)
         jobs = [r.job for r in lk.workers.jobs.values()]
         assert [j.state.worker_id for j in jobs] == [worker.id, worker.id]
-        await caller.send({"type": "end_call"})
-        await caller.event(TURN_S, type="call_ended")
+        await caller.hang_up()
     check_call_events(caller.events)
 
 

@@ -45,6 +45,5 @@ async def test_a_spoken_question_gets_a_spoken_answer_from_the_local_models(
             "the answer's transcript",
         )
         assert answers[0]["text"].strip()
-        await caller.send({"type": "end_call"})
-        await caller.event(LOCAL_TURN_S, type="call_ended", reason="client_ended")
+        await caller.hang_up(LOCAL_TURN_S)
     check_call_events(caller.events)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
+from tests.e2e.calls import until
 from tests.e2e.conftest import LiveKitFixture
 from tests.lkserver import LiveKitTestServer, Participant, Room, load_config
 from tests.lkserver import server as lkserver
@@ -147,6 +148,41 @@ async def test_audio_reaches_the_other_participant(livekit_server: LiveKitFixtur
 
     rms = float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
     assert rms > 0.05 * 32767, f"received audio is too quiet (rms {rms:.0f})"
+    assert abs(dominant_hz(pcm) - TONE_HZ) < 5, f"dominant frequency {dominant_hz(pcm):.1f} Hz"
+
+
+async def test_a_late_joiner_hears_a_track_published_before_it_came_and_gets_data(
+    livekit_server: LiveKitFixture,
+) -> None:
+    """Its first subscriber offer carries an audio m-line as well as the data channels."""
+    lk = livekit_server
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("tone", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    tone = asyncio.create_task(play_tone(source))
+    try:
+        async with joined(lk, "alice") as alice:
+            await alice.local_participant.publish_track(track, options)
+            published = lk.server.rooms[ROOM].participants["alice"].tracks
+            await until(lambda: published, EVENT_S, "alice's media to reach the server")
+            bob = rtc.Room()
+            subscribed = next_event(bob, "track_subscribed")
+            data = next_event(bob, "data_received")
+            async with asyncio.timeout(CONNECT_S):
+                await bob.connect(lk.url, lk.token("bob", ROOM))
+            try:
+                remote_track, _, participant = await wait(subscribed)
+                assert participant.identity == "alice"
+                async with asyncio.timeout(EVENT_S):
+                    pcm = await receive_audio(remote_track, seconds=1.0)
+                await alice.local_participant.publish_data(b"hi bob", reliable=True)
+                (packet,) = await wait(data)
+                assert packet.data == b"hi bob"
+            finally:
+                await bob.disconnect()
+    finally:
+        tone.cancel()
+        await source.aclose()
     assert abs(dominant_hz(pcm) - TONE_HZ) < 5, f"dominant frequency {dominant_hz(pcm):.1f} Hz"
 
 

@@ -82,8 +82,7 @@ async def test_two_calls_at_once_each_get_their_own_agent_and_nothing_crosses(
             answer = f"This is {name}: we open at nine on Saturday."
             await caller.event(TURN_S, type="transcript", role="agent", text=answer)
         for caller in (ava, leo):
-            await caller.send({"type": "end_call"})
-            await caller.event(TURN_S, type="call_ended", reason="client_ended")
+            await caller.hang_up()
         jobs = [r.job for r in livekit_server.workers.jobs.values()]
         assert [j.state.worker_id for j in jobs] == [worker.id, worker.id]
         assert len({j.state.participant_identity for j in jobs}) == 2
@@ -117,14 +116,12 @@ async def test_a_worker_at_its_call_limit_declines_a_dispatch_then_takes_it_when
             assert second.agent() is None
             assert not second.events
 
-            await first.send({"type": "end_call"})
-            await first.event(TURN_S, type="call_ended", reason="client_ended")
+            await first.hang_up()
             # the worker reports itself available again (every 2.5 s) and is offered the job
             greeting = await second.event(JOIN_S, type="transcript", role="agent", final=True)
             assert greeting["text"] == GREETING
             assert waiting.job.state.worker_id == worker.id
-            await second.send({"type": "end_call"})
-            await second.event(TURN_S, type="call_ended")
+            await second.hang_up()
     check_call_events(second.events)
 
 

@@ -313,10 +313,12 @@ class Participant:
             proto_models.ParticipantInfo.Kind.Name(self.kind),
         )
         await self.server.broadcast_update(self.room, self, exclude=self)
+        # The first offer carries the data channels alone. With an audio m-line ahead of them,
+        # aiortc (1.16) would stop the transport they share once the answer bundles them.
+        await self._send_offer()
         for other in others:
             for track in other.tracks.values():
-                self.subscribe(other, track)
-        self.negotiate()  # also opens the data channels
+                self.subscribe(other, track)  # offered once the client has answered
 
     async def close(
         self, reason: proto_models.DisconnectReason, *, tell_client: bool = False
