@@ -103,10 +103,15 @@ class WorkerProcess:
     registered: RegisteredWorker
     """The test server's record of it: status, jobs."""
     process: asyncio.subprocess.Process
+    log_path: Path
+    """Its stdout and stderr: JSON log lines."""
 
     @property
     def id(self) -> str:
         return self.registered.id
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
 
 @asynccontextmanager
@@ -155,7 +160,8 @@ async def voice_worker(
                 start_new_session=True,  # its job processes go with it at the end
             )
             try:
-                yield WorkerProcess(await _registered(lk, process, known), process)
+                registered = await _registered(lk, process, known)
+                yield WorkerProcess(registered, process, log_path)
             finally:
                 await stop_process(process, log)
     finally:

@@ -199,14 +199,22 @@ async def _next_call_is_taken(lk: LiveKitFixture, worker: WorkerProcess) -> None
     check_call_events(caller.events)
 
 
-@pytest.mark.parametrize("room", ["lobby", "agent_deadbeef_user_1"])
+@pytest.mark.parametrize(
+    ("room", "reason"),
+    [
+        ("lobby", "room name 'lobby' does not start with 'agent_'"),
+        ("agent_deadbeef_user_1", "no configured agent matches 'deadbeef'"),
+    ],
+)
 async def test_no_agent_joins_a_room_that_names_no_configured_agent(
-    livekit_server: LiveKitFixture, worker: WorkerProcess, room: str
+    livekit_server: LiveKitFixture, worker: WorkerProcess, room: str, reason: str
 ) -> None:
     async with call(livekit_server, room) as caller:
         [record] = livekit_server.workers.jobs.values()
         await livekit_server.workers.wait_until(lambda: record.job.state.status in ENDED, JOIN_S)
         assert record.job.state.status == JS_FAILED
+        why = f"rejecting job {record.job.id} for room {room!r}: {reason}"
+        await until(lambda: why in worker.log(), JOIN_S, "the worker to log why")
         await asyncio.sleep(3)  # time enough for a wrongly accepted agent to have joined
         assert caller.agent() is None
         assert list(livekit_server.server.rooms[room].participants) == ["user1"]
