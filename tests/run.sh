@@ -14,7 +14,7 @@ ruff format --check .
 step "types (mypy)"
 mypy
 
-for group in unit providers pipeline scenarios local; do
+for group in unit providers pipeline scenarios local api; do
     step "tests: $group"
     python -m pytest -m "$group" -p no:cacheprovider
 done

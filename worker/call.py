@@ -15,7 +15,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from .agent import VoiceAgent
 from .clips import clip_frames, load_clip
 from .config import AgentConfig
+from .dispatch import with_call_limit
 from .logs import ContextLogger
 from .pipeline import build_session
 from .placeholders import placeholder_values
@@ -121,6 +122,7 @@ class CallResult:
 
 async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | None:
     """Run one call to its end over `transport`; None if the caller never joined."""
+    setup = replace(setup, agent=with_call_limit(setup.agent, setup.metadata))
     log = ContextLogger(logger, {"call_id": setup.call_id, **setup.log_fields})
     session = build_session(setup.agent, setup.providers, setup.vad)
     setup.providers.tts.prewarm()  # connect to the TTS while the caller is still joining

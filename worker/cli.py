@@ -133,6 +133,49 @@ def route(room_name: Annotated[str, typer.Argument(help="The LiveKit room name."
 
 
 @app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Default: WORKER_API_HOST or 0.0.0.0.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: WORKER_API_PORT or 8000.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Serve the session API: POST /v1/voice-sessions gives a client a room, a token and a
+    dispatched agent (OpenAPI at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    from .api_auth import ApiKeyError, ApiKeys
+    from .logs import install_redaction
+    from .session_api import create_app
+    from .sessions import SessionService
+    from .settings import ApiSettings
+
+    try:
+        settings = ApiSettings.from_env()
+        keys = ApiKeys.from_env(os.environ)
+    except (SettingsError, ApiKeyError) as exc:
+        fail(str(exc))
+    missing = [
+        v for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(v)
+    ]
+    if missing:
+        fail(f"the session API needs {', '.join(missing)} in the environment")
+    registry = _registry(_settings())
+    service = SessionService(
+        registry, settings, os.environ["LIVEKIT_API_KEY"], os.environ["LIVEKIT_API_SECRET"]
+    )
+    logging.basicConfig(
+        stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    install_redaction(extra=keys.secrets())
+    uvicorn.run(
+        create_app(service, keys, settings.rate_limit),
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=log_level.lower(),
+        log_config=None,  # the root logger's handler, with the redactor
+    )
+
+
+@app.command()
 def setup() -> None:
     """Prepare the bundled local models (assemble and verify Whisper; check Piper and the LLM)."""
     from .local_llm import bundled_model

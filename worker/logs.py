@@ -64,9 +64,11 @@ class ContextLogger(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
-def install_redaction(env: Mapping[str, str] | None = None) -> None:
-    """Add the redactor to every handler of the root logger (idempotent)."""
-    redactor = SecretRedactor(secret_values(env))
+def install_redaction(env: Mapping[str, str] | None = None, extra: list[str] | None = None) -> None:
+    """Add the redactor to every handler of the root logger (idempotent); `extra` are further
+    secrets that are not environment values of their own (API keys read from a file)."""
+    secrets = secret_values(env) + [s for s in extra or [] if len(s) >= MIN_SECRET_LEN]
+    redactor = SecretRedactor(sorted(set(secrets), key=len, reverse=True))
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, SecretRedactor) for f in handler.filters):
             handler.addFilter(redactor)

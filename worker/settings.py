@@ -92,6 +92,57 @@ class WorkerSettings:
         return self.drain_timeout
 
 
+@dataclass(frozen=True)
+class ApiSettings:
+    """`python -m worker api`: the session API (`session_api.py`). Its keys are not kept here
+    (`api_auth.ApiKeys` reads them), nor is the LiveKit secret."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a service, usually behind a load balancer
+    port: int = 8000
+    livekit_url: str = ""
+    """Where the API reaches LiveKit's server APIs (`LIVEKIT_URL`)."""
+    public_url: str = ""
+    """The URL clients connect to (`LIVEKIT_PUBLIC_URL`, default `LIVEKIT_URL`)."""
+    agent_name: str = DEFAULT_AGENT_NAME
+    """The worker's agent name to dispatch (`LIVEKIT_AGENT_NAME`)."""
+    token_ttl: int = 600
+    """Seconds a caller's token stays valid for joining (a joined caller stays connected)."""
+    empty_timeout: int = 120
+    """Seconds LiveKit keeps a session's room with nobody in it."""
+    max_participants: int = 3
+    """The caller, the agent and one rejoin of the caller's."""
+    rate_limit: int = 60
+    """Session requests per minute per API key."""
+    cors_origins: tuple[str, ...] = ()
+    dispatch_wait: float = 5.0
+    """Seconds to wait for a worker to accept the dispatch before answering 503."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        defaults = cls()
+        livekit_url = env.get("LIVEKIT_URL", "")
+        origins = env.get("WORKER_API_CORS_ORIGINS", "")
+        return cls(
+            host=env.get("WORKER_API_HOST") or defaults.host,
+            port=reader.integer("WORKER_API_PORT", defaults.port, minimum=0),
+            livekit_url=livekit_url,
+            public_url=env.get("LIVEKIT_PUBLIC_URL") or livekit_url,
+            agent_name=env.get("LIVEKIT_AGENT_NAME") or defaults.agent_name,
+            token_ttl=reader.integer("WORKER_API_TOKEN_TTL", defaults.token_ttl, minimum=10),
+            empty_timeout=reader.integer(
+                "WORKER_API_EMPTY_TIMEOUT", defaults.empty_timeout, minimum=1
+            ),
+            max_participants=reader.integer(
+                "WORKER_API_MAX_PARTICIPANTS", defaults.max_participants, minimum=2
+            ),
+            rate_limit=reader.integer("WORKER_API_RATE_LIMIT", defaults.rate_limit, minimum=1),
+            cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
+            dispatch_wait=reader.number("WORKER_API_DISPATCH_WAIT", defaults.dispatch_wait),
+        )
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env

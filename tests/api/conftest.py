@@ -1,0 +1,160 @@
+"""The session API against tests/lkserver's server APIs (Twirp and the agent-worker protocol),
+over loopback HTTP: no WebRTC here, so no network namespace either.
+
+`livekit` is the test server; `worker` a hand-driven agent worker that takes (or declines) the
+jobs dispatched to the worker's agent name; `client` an HTTP client for the API app in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from livekit import api
+from livekit.protocol import agent as proto_agent
+
+from tests.lkserver.config import load_config
+from tests.lkserver.server import LiveKitTestServer
+from tests.lkserver.twirp import TwirpService
+from tests.lkserver.workers import WorkerService
+from worker.api_auth import ApiKeys
+from worker.config import AgentRegistry, load_registry
+from worker.session_api import create_app
+from worker.sessions import SessionService
+from worker.settings import DEFAULT_AGENT_NAME, ApiSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
+SUPPORT_ID = "5b710eca-ee67-4c3a-aeb6-8b541f451b40"
+CONFIG = load_config()
+
+
+@dataclass
+class LiveKit:
+    server: LiveKitTestServer
+    workers: WorkerService
+
+    @property
+    def url(self) -> str:
+        return self.server.http_url
+
+
+@pytest.fixture
+async def livekit() -> AsyncIterator[LiveKit]:
+    server = LiveKitTestServer(CONFIG.api_key, CONFIG.api_secret, host="127.0.0.1", port=0)
+    workers = WorkerService(server)
+    TwirpService(server, workers)
+    async with server:
+        try:
+            yield LiveKit(server, workers)
+        finally:
+            await workers.aclose()
+
+
+@dataclass
+class HandWorker:
+    """An agent worker speaking the protocol by hand: registers, answers availability requests."""
+
+    accept: bool = True
+    jobs: list[proto_agent.Job] = field(default_factory=list)
+    """The jobs assigned to it."""
+
+
+@pytest.fixture
+async def worker(livekit: LiveKit) -> AsyncIterator[HandWorker]:
+    """A registered worker for the API's agent name that takes every job."""
+    async with hand_worker(livekit) as registered:
+        yield registered
+
+
+@contextlib.asynccontextmanager
+async def hand_worker(livekit: LiveKit, *, accept: bool = True) -> AsyncIterator[HandWorker]:
+    token = api.AccessToken(CONFIG.api_key, CONFIG.api_secret)
+    token = token.with_grants(api.VideoGrants(agent=True))
+    headers = {"Authorization": f"Bearer {token.to_jwt()}"}
+    state = HandWorker(accept=accept)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{livekit.url}/agent", headers=headers) as ws,
+    ):
+        register = proto_agent.RegisterWorkerRequest(
+            type=proto_agent.JT_ROOM, agent_name=DEFAULT_AGENT_NAME
+        )
+        await ws.send_bytes(proto_agent.WorkerMessage(register=register).SerializeToString())
+        await ws.receive_bytes(timeout=10)
+        serving = asyncio.create_task(_serve(ws, state))
+        try:
+            yield state
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+
+async def _serve(ws: aiohttp.ClientWebSocketResponse, state: HandWorker) -> None:
+    async for message in ws:
+        if message.type != aiohttp.WSMsgType.BINARY:
+            continue
+        server_message = proto_agent.ServerMessage.FromString(message.data)
+        kind = server_message.WhichOneof("message")
+        if kind == "availability":
+            job = server_message.availability.job
+            answer = proto_agent.AvailabilityResponse(
+                job_id=job.id, available=state.accept, participant_identity=f"agent-{job.id}"
+            )
+            await ws.send_bytes(proto_agent.WorkerMessage(availability=answer).SerializeToString())
+        elif kind == "assignment":
+            state.jobs.append(server_message.assignment.job)
+
+
+def settings_for(livekit_url: str, **overrides: Any) -> ApiSettings:
+    base = ApiSettings(livekit_url=livekit_url, public_url="wss://livekit.example.com")
+    return replace(base, **{"dispatch_wait": 2.0, **overrides})
+
+
+@pytest.fixture
+def registry() -> AgentRegistry:
+    return load_registry(ROOT / "prompts")
+
+
+ClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def make_client(livekit: LiveKit, registry: AgentRegistry) -> ClientFactory:
+    """`async with make_client(**settings) as client`: the app over `livekit`, keys API_KEY and
+    OTHER_KEY; `settings` override `ApiSettings` fields (`livekit_url`, `api_secret` too)."""
+
+    @contextlib.asynccontextmanager
+    async def make(
+        *, api_secret: str = CONFIG.api_secret, rate_limit: int = 1000, **overrides: Any
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        settings = settings_for(overrides.pop("livekit_url", livekit.url), **overrides)
+        service = SessionService(registry, settings, CONFIG.api_key, api_secret)
+        app = create_app(service, ApiKeys([API_KEY, OTHER_KEY]), rate_limit)
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                yield client
+        finally:
+            await service.aclose()
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client() as running:
+        yield running
+
+
+def auth(key: str = API_KEY) -> Mapping[str, str]:
+    return {"X-API-Key": key}

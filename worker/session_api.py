@@ -1,0 +1,247 @@
+"""`python -m worker api`: the HTTP API a backend calls to start a voice call.
+
+`POST /v1/voice-sessions` returns a LiveKit URL, a caller token and the room, with the agent
+already dispatched (`sessions.py` does the LiveKit side). Every error is JSON `{"detail": ...}`
+with a 4xx/503 status and no stack trace; the OpenAPI spec is at `/openapi.json`, docs at `/docs`.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and
+# they refer to a dependency defined inside `create_app`
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from .api_auth import ApiKeys, RateLimiter
+from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, MAX_USER_ID_LEN, USER_ID_RE
+from .sessions import SessionError, SessionRequest, SessionService
+
+logger = logging.getLogger("worker.api")
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class VoiceSessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(
+        min_length=1,
+        max_length=MAX_AGENT_ID_LEN,
+        pattern=f"^{AGENT_ID_RE.pattern}$",
+        description="The agent's id, or a unique prefix of 8 or more characters.",
+    )
+    user_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_USER_ID_LEN,
+        pattern=f"^{USER_ID_RE.pattern}$",
+        description="The caller's identity in the room; generated when absent.",
+    )
+    context: dict[str, Any] | None = Field(
+        default=None,
+        description="Values for the agent's placeholders (up to 4 KB as JSON), sent to the agent "
+        "as its dispatch metadata.",
+    )
+    max_duration: int | None = Field(
+        default=None, ge=1, description="Seconds the call may last, at most the agent's limit."
+    )
+
+
+class VoiceSession(BaseModel):
+    session_id: str = Field(description="The LiveKit room's sid.")
+    room_name: str
+    token: str = Field(description="The caller's join token, for this room only.")
+    livekit_url: str
+    agent_id: str
+    agent_name: str
+    expires_at: datetime = Field(description="When the token stops being accepted for joining.")
+
+
+class AgentInfo(BaseModel):
+    id: str
+    name: str
+    language: str
+    placeholders: list[str] = Field(description="Context keys the agent uses.")
+    max_duration: int = Field(description="The agent's call limit in seconds.")
+
+
+class Health(BaseModel):
+    status: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error, "description": "No API key, or an unknown one."},
+    429: {"model": Error, "description": "Too many requests with this key."},
+}
+
+
+def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastAPI:
+    """The API over `service`; `keys` admit callers, each key limited to `rate_limit`/minute."""
+    limiter = RateLimiter(rate_limit)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.aclose()
+
+    app = FastAPI(
+        title="Voice sessions",
+        version="1",
+        summary="Start a call with a voice agent: a LiveKit room, a caller token, a dispatched "
+        "agent.",
+        lifespan=lifespan,
+    )
+    if service.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(service.settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+
+    async def authorized(
+        request: Request,
+        api_key: Annotated[str | None, Depends(_api_key_header)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> str:
+        """The caller's key fingerprint, once its key is known and within its rate limit."""
+        presented = api_key or (bearer.credentials if bearer else None)
+        if not presented:
+            raise HTTPException(401, "missing API key: send X-API-Key or Authorization: Bearer")
+        key = keys.identify(presented)
+        if key is None:
+            logger.warning("rejected an unknown API key from %s", _client(request))
+            raise HTTPException(401, "unknown API key")
+        if wait := limiter.allow(key):
+            logger.warning("rate limited %s", key)
+            raise HTTPException(429, f"rate limit exceeded: retry in {wait:.1f} s")
+        return key
+
+    @app.post(
+        "/v1/voice-sessions",
+        status_code=201,
+        responses={
+            **ERRORS,
+            400: {"model": Error, "description": "An invalid body."},
+            404: {"model": Error, "description": "No such agent."},
+            503: {"model": Error, "description": "LiveKit unreachable or no worker available."},
+        },
+    )
+    async def create_session(
+        body: VoiceSessionRequest, key: Annotated[str, Depends(authorized)]
+    ) -> VoiceSession:
+        """Create the room, dispatch the agent into it and mint the caller's token."""
+        session = await service.create(
+            SessionRequest(
+                agent_id=body.agent_id,
+                user_id=body.user_id,
+                context=body.context,
+                max_duration=body.max_duration,
+            )
+        )
+        logger.info("%s started session %s", key, session.session_id)
+        return VoiceSession(
+            session_id=session.session_id,
+            room_name=session.room_name,
+            token=session.token,
+            livekit_url=session.livekit_url,
+            agent_id=session.agent.id,
+            agent_name=session.agent.name,
+            expires_at=session.expires_at,
+        )
+
+    @app.delete(
+        "/v1/voice-sessions/{room_name}",
+        status_code=204,
+        response_class=Response,
+        responses={
+            **ERRORS,
+            400: {"model": Error, "description": "Not a session's room name."},
+            404: {"model": Error, "description": "No such session (room)."},
+            503: {"model": Error, "description": "LiveKit unreachable."},
+        },
+    )
+    async def end_session(room_name: str, key: Annotated[str, Depends(authorized)]) -> Response:
+        """End the call: the room is deleted, the agent and the caller are disconnected."""
+        await service.end(room_name)
+        logger.info("%s ended the session in %s", key, room_name)
+        return Response(status_code=204)
+
+    @app.get("/v1/agents", responses=ERRORS)
+    async def list_agents(_: Annotated[str, Depends(authorized)]) -> list[AgentInfo]:
+        """The agents sessions can be started with (public fields only)."""
+        return [
+            AgentInfo(
+                id=agent.id,
+                name=agent.name,
+                language=agent.language,
+                placeholders=sorted(agent.placeholders),
+                max_duration=agent.limits.max_duration,
+            )
+            for agent in service.registry
+        ]
+
+    @app.get("/healthz", responses={503: {"model": Error, "description": "LiveKit unreachable."}})
+    async def healthz() -> Health:
+        """Whether the API can reach LiveKit (no key needed)."""
+        await service.check()
+        return Health(status="ok")
+
+    @app.exception_handler(SessionError)
+    async def session_error(_: Request, exc: SessionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _describe(exc)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.openapi_schema = _without_422(app)
+    return app
+
+
+def _describe(exc: RequestValidationError) -> str:
+    """The validation errors in one line, without echoing the values sent."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _without_422(app: FastAPI) -> dict[str, Any]:
+    """The generated spec, validation errors documented as the 400 the API sends."""
+    schema = app.openapi()
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None and "400" not in responses:
+                responses["400"] = {
+                    "description": "An invalid request.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+    return schema
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
