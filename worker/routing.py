@@ -24,6 +24,13 @@ _ROOM_RE = re.compile(
 )
 
 
+ROOM_NAME_PATTERN = (
+    rf"^{PREFIX}[A-Za-z0-9-]{{1,{MAX_AGENT_ID_LEN}}}_[A-Za-z0-9_.@+:=-]{{1,{MAX_USER_ID_LEN}}}"
+    rf"_[0-9]{{1,{MAX_TIMESTAMP_DIGITS}}}$"
+)
+"""What `parse_room` accepts, as one regular expression (for API schemas)."""
+
+
 class RoutingError(ValueError):
     """A room name that cannot be routed to an agent; the message says why, on one line."""
 

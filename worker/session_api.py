@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from .api_auth import ApiKeys, RateLimiter
-from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, MAX_USER_ID_LEN, USER_ID_RE
+from .config import MAX_CALL_SECONDS
+from .routing import (
+    AGENT_ID_RE,
+    MAX_AGENT_ID_LEN,
+    MAX_USER_ID_LEN,
+    ROOM_NAME_PATTERN,
+    USER_ID_RE,
+)
 from .sessions import SessionError, SessionRequest, SessionService
 
 logger = logging.getLogger("worker.api")
@@ -57,7 +64,10 @@ class VoiceSessionRequest(BaseModel):
         "as its dispatch metadata.",
     )
     max_duration: int | None = Field(
-        default=None, ge=1, description="Seconds the call may last, at most the agent's limit."
+        default=None,
+        ge=1,
+        le=MAX_CALL_SECONDS,
+        description="Seconds the call may last, at most the agent's own limit (else 400).",
     )
 
 
@@ -175,7 +185,10 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
             503: {"model": Error, "description": "LiveKit unreachable."},
         },
     )
-    async def end_session(room_name: str, key: Annotated[str, Depends(authorized)]) -> Response:
+    async def end_session(
+        room_name: Annotated[str, Path(pattern=ROOM_NAME_PATTERN)],
+        key: Annotated[str, Depends(authorized)],
+    ) -> Response:
         """End the call: the room is deleted, the agent and the caller are disconnected."""
         await service.end(room_name)
         logger.info("%s ended the session in %s", key, room_name)

@@ -3,13 +3,21 @@ over loopback HTTP: no WebRTC here, so no network namespace either.
 
 `livekit` is the test server; `worker` a hand-driven agent worker that takes (or declines) the
 jobs dispatched to the worker's agent name; `client` an HTTP client for the API app in process.
+For tests that drive the API synchronously (schemathesis), `api_process` runs the real
+`python -m worker api` against a test server in a thread of its own (`livekit_in_thread`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -158,3 +166,83 @@ async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]
 
 def auth(key: str = API_KEY) -> Mapping[str, str]:
     return {"X-API-Key": key}
+
+
+@contextlib.contextmanager
+def livekit_in_thread() -> Iterator[str]:
+    """A test server (Twirp and workers) on its own event loop in a thread; yields its URL."""
+    loop = asyncio.new_event_loop()
+    started: asyncio.Future[str] = loop.create_future()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        server = LiveKitTestServer(CONFIG.api_key, CONFIG.api_secret, host="127.0.0.1", port=0)
+        workers = WorkerService(server)
+        TwirpService(server, workers)
+        async with server:
+            started.set_result(server.http_url)
+            await stop.wait()
+            await workers.aclose()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield asyncio.run_coroutine_threadsafe(_result(started), loop).result(timeout=10)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+        loop.close()
+
+
+async def _result(future: asyncio.Future[str]) -> str:
+    return await future
+
+
+@contextlib.contextmanager
+def api_process(livekit_url: str, log_path: Path, **env: str) -> Iterator[str]:
+    """`python -m worker api` on a free loopback port until it answers /healthz; yields its URL.
+    Its log (stdout and stderr) goes to `log_path`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {
+        **os.environ,
+        "LIVEKIT_URL": livekit_url,
+        "LIVEKIT_API_KEY": CONFIG.api_key,
+        "LIVEKIT_API_SECRET": CONFIG.api_secret,
+        "WORKER_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        "WORKER_PROMPTS_DIR": str(ROOT / "prompts"),
+        "WORKER_API_DISPATCH_WAIT": "0",  # no worker: the API answers once LiveKit has the dispatch
+        **env,
+    }
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "api", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_healthy(url, process)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"python -m worker api exited with {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    pytest.fail("python -m worker api did not answer /healthz within 30 s")
