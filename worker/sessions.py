@@ -205,7 +205,7 @@ class SessionService:
 
     async def check(self) -> None:
         """Raise `LiveKitUnavailableError` unless LiveKit's server API answers."""
-        async with _livekit("reach LiveKit"):
+        async with _livekit("answer a health check"):
             await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=["healthz"]))
 
     async def _accepted(self, room: str, dispatch_id: str) -> bool:

@@ -199,9 +199,12 @@ async def _result(future: asyncio.Future[str]) -> str:
 
 
 @contextlib.contextmanager
-def api_process(livekit_url: str, log_path: Path, **env: str) -> Iterator[str]:
-    """`python -m worker api` on a free loopback port until it answers /healthz; yields its URL.
-    Its log (stdout and stderr) goes to `log_path`."""
+def api_process(
+    livekit_url: str, log_path: Path, *, healthy: bool = True, **env: str
+) -> Iterator[str]:
+    """`python -m worker api` on a free loopback port until it answers /healthz (or just
+    /openapi.json, if LiveKit is not meant to be `healthy`); yields its URL. Its log (stdout
+    and stderr) goes to `log_path`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -225,7 +228,7 @@ def api_process(livekit_url: str, log_path: Path, **env: str) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_healthy(url, process)
+            _wait_ready(f"{url}/healthz" if healthy else f"{url}/openapi.json", process)
             yield url
         finally:
             process.terminate()
@@ -236,13 +239,13 @@ def api_process(livekit_url: str, log_path: Path, **env: str) -> Iterator[str]:
                 process.wait()
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"python -m worker api exited with {process.returncode}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1).status_code == 200:
                 return
         time.sleep(0.1)
-    pytest.fail("python -m worker api did not answer /healthz within 30 s")
+    pytest.fail(f"python -m worker api did not answer {url} within 30 s")
