@@ -51,6 +51,10 @@ class ApiKeys:
                 raise ApiKeyError(
                     f"WORKER_API_KEYS_FILE={path}: cannot read it ({exc.strerror})"
                 ) from None
+            except UnicodeDecodeError:
+                raise ApiKeyError(
+                    f"WORKER_API_KEYS_FILE={path}: cannot read it (not UTF-8 text)"
+                ) from None
             keys += [k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#")]
         return cls(keys)
 

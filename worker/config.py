@@ -166,11 +166,12 @@ class TurnTaking(_Strict):
         return self
 
 
+MIN_CALL_SECONDS = 10
 MAX_CALL_SECONDS = 4 * 3600
 
 
 class Limits(_Strict):
-    max_duration: Annotated[int, Field(ge=10, le=MAX_CALL_SECONDS)] = 1800
+    max_duration: Annotated[int, Field(ge=MIN_CALL_SECONDS, le=MAX_CALL_SECONDS)] = 1800
     """Seconds a call may last; then a goodbye and `call_ended{max_duration}`."""
     idle_timeout: Annotated[int, Field(ge=5, le=3600)] = 30
     """Seconds with no speech from either side before one reprompt, then a goodbye."""

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Mapping
 
-from .config import AgentConfig
+from .config import MIN_CALL_SECONDS, AgentConfig
 from .placeholders import parse_metadata
 
 logger = logging.getLogger("worker.dispatch")
@@ -31,9 +31,10 @@ def encode_metadata(context: Mapping[str, object], max_duration: int | None = No
 
 def with_call_limit(agent: AgentConfig, metadata: str) -> AgentConfig:
     """`agent`, its `max_duration` shortened if the metadata asks for a shorter call."""
-    requested = parse_metadata(metadata, where="dispatch metadata").get(MAX_DURATION_KEY)
-    if requested is None:
+    fields = parse_metadata(metadata, where="dispatch metadata")
+    if MAX_DURATION_KEY not in fields:
         return agent
+    requested = fields[MAX_DURATION_KEY]
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         logger.warning(
             "ignoring %s in the dispatch metadata: %r is not a positive whole number of seconds",
@@ -43,5 +44,7 @@ def with_call_limit(agent: AgentConfig, metadata: str) -> AgentConfig:
         return agent
     if requested >= agent.limits.max_duration:
         return agent
-    limits = agent.limits.model_copy(update={"max_duration": requested})
+    # no shorter than any agent may be configured for: the goodbye needs its time
+    shortened = max(requested, MIN_CALL_SECONDS)
+    limits = agent.limits.model_copy(update={"max_duration": shortened})
     return agent.model_copy(update={"limits": limits})

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from .api_auth import ApiKeys, RateLimiter
-from .config import MAX_CALL_SECONDS
+from .config import MAX_CALL_SECONDS, MIN_CALL_SECONDS
 from .routing import (
     AGENT_ID_RE,
     MAX_AGENT_ID_LEN,
@@ -65,7 +65,7 @@ class VoiceSessionRequest(BaseModel):
     )
     max_duration: int | None = Field(
         default=None,
-        ge=1,
+        ge=MIN_CALL_SECONDS,
         le=MAX_CALL_SECONDS,
         description="Seconds the call may last, at most the agent's own limit (else 400).",
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_AGENT_NAME = "voice-agent"
+MAX_PORT = 65535
 DRAIN_MARGIN = 60
 """Seconds the drain timeout must exceed the longest call limit by (goodbye, teardown)."""
 
@@ -64,7 +65,7 @@ class WorkerSettings:
             ),
             initialize_timeout=reader.number("WORKER_INIT_TIMEOUT", defaults.initialize_timeout),
             drain_timeout=reader.optional_integer("WORKER_DRAIN_TIMEOUT"),
-            health_port=reader.integer("WORKER_HEALTH_PORT", defaults.health_port, minimum=0),
+            health_port=reader.port("WORKER_HEALTH_PORT", defaults.health_port),
             prometheus_port=reader.optional_integer("WORKER_PROMETHEUS_PORT"),
             vad=VADSettings(
                 min_silence=reader.number("WORKER_VAD_MIN_SILENCE", defaults.vad.min_silence),
@@ -126,7 +127,7 @@ class ApiSettings:
         origins = env.get("WORKER_API_CORS_ORIGINS", "")
         return cls(
             host=env.get("WORKER_API_HOST") or defaults.host,
-            port=reader.integer("WORKER_API_PORT", defaults.port, minimum=0),
+            port=reader.port("WORKER_API_PORT", defaults.port),
             livekit_url=livekit_url,
             public_url=env.get("LIVEKIT_PUBLIC_URL") or livekit_url,
             agent_name=env.get("LIVEKIT_AGENT_NAME") or defaults.agent_name,
@@ -169,6 +170,12 @@ class _Reader:
             raise SettingsError(f"{name}={raw!r} is not a whole number") from None
         if value < minimum:
             raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        value = self.integer(name, default, minimum=0)
+        if value > MAX_PORT:
+            raise SettingsError(f"{name}={value} is not a port (0-{MAX_PORT})")
         return value
 
     def optional_integer(self, name: str) -> int | None:
