@@ -129,7 +129,7 @@ class ApiSettings:
             host=env.get("WORKER_API_HOST") or defaults.host,
             port=reader.port("WORKER_API_PORT", defaults.port),
             livekit_url=livekit_url,
-            public_url=env.get("LIVEKIT_PUBLIC_URL") or livekit_url,
+            public_url=env.get("LIVEKIT_PUBLIC_URL") or _websocket_url(livekit_url),
             agent_name=env.get("LIVEKIT_AGENT_NAME") or defaults.agent_name,
             token_ttl=reader.integer("WORKER_API_TOKEN_TTL", defaults.token_ttl, minimum=10),
             empty_timeout=reader.integer(
@@ -191,3 +191,11 @@ class _Reader:
         if not 0 < value <= 1:
             raise SettingsError(f"{name}={raw!r} must be a fraction in (0, 1] or 'off'")
         return value
+
+
+def _websocket_url(url: str) -> str:
+    """`url` as clients connect to it: LiveKit's server APIs take http(s), clients ws(s)."""
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if url.startswith(http):
+            return ws + url.removeprefix(http)
+    return url

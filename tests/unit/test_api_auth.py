@@ -200,6 +200,11 @@ def test_the_public_url_defaults_to_the_livekit_url() -> None:
     env = {"LIVEKIT_URL": "ws://livekit:7880"}
     assert ApiSettings.from_env(env).public_url == "ws://livekit:7880"
     assert ApiSettings.from_env({**env, "LIVEKIT_PUBLIC_URL": ""}).public_url == env["LIVEKIT_URL"]
+    for server_api, client in (
+        ("https://lk.example.com", "wss://lk.example.com"),
+        ("http://lk:7880", "ws://lk:7880"),
+    ):
+        assert ApiSettings.from_env({"LIVEKIT_URL": server_api}).public_url == client
 
 
 @pytest.mark.parametrize(
