@@ -42,6 +42,10 @@ EXPOSE 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=3)"
 
+# The same image serves the session API: `docker run ... python -m worker api` (port 8000,
+# health at /healthz; it needs WORKER_API_KEYS or WORKER_API_KEYS_FILE).
+EXPOSE 8000
+
 # Draining on SIGTERM: calls say goodbye and end; give the container the drain timeout to stop.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "worker", "start"]
