@@ -134,6 +134,10 @@ class RoomTransport(CallTransport):
         if self._caller is None or participant.identity != self._caller.identity:
             return
         code = participant.disconnect_reason
+        if code == rtc.DisconnectReason.ROOM_DELETED:
+            # the backend ended the call: the same end, whichever disconnect arrives first
+            self._on_disconnected(code)
+            return
         reason = rtc.DisconnectReason.Name(code) if code is not None else "unknown reason"
         if self.listener is not None:
             self.listener.caller_left(f"caller disconnected ({reason})")

@@ -135,7 +135,7 @@ class SessionService:
         agent, room, metadata = self.validate(request)
         name = format_room(room)
         settings = self.settings
-        async with _livekit("create the session"):
+        async with _livekit("create the room"):
             created = await self.lkapi.room.create_room(
                 api.CreateRoomRequest(
                     name=name,
@@ -143,17 +143,21 @@ class SessionService:
                     max_participants=settings.max_participants,
                 )
             )
-            dispatch = await self.lkapi.agent_dispatch.create_dispatch(
-                api.CreateAgentDispatchRequest(
-                    agent_name=settings.agent_name, room=name, metadata=metadata
+        try:
+            async with _livekit("dispatch the agent"):
+                dispatch = await self.lkapi.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(
+                        agent_name=settings.agent_name, room=name, metadata=metadata
+                    )
                 )
-            )
-        if settings.dispatch_wait > 0 and not await self._accepted(name, dispatch.id):
-            await self._discard(name)
-            raise NoWorkerError(
-                f"no agent worker accepted the call within {settings.dispatch_wait:g} s; "
-                "try again shortly"
-            )
+            if settings.dispatch_wait > 0 and not await self._accepted(name, dispatch.id):
+                raise NoWorkerError(
+                    f"no agent worker accepted the call within {settings.dispatch_wait:g} s; "
+                    "try again shortly"
+                )
+        except SessionError:
+            await self._discard(name)  # a room nobody will serve
+            raise
         expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(
             seconds=settings.token_ttl
         )
@@ -198,7 +202,8 @@ class SessionService:
         except RoutingError as exc:
             raise SessionError(str(exc)) from None
         async with _livekit("end the session"):
-            if not await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=[room_name])):
+            found = await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
+            if not found.rooms:
                 raise SessionNotFoundError(f"no session in room {room_name!r}")
             await self.lkapi.room.delete_room(api.DeleteRoomRequest(room=room_name))
         logger.info("session in room %s ended by the API", room_name)

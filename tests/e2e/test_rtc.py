@@ -105,14 +105,19 @@ async def play_tone(source: rtc.AudioSource, hz: int = TONE_HZ) -> None:
 
 
 async def receive_audio(track: rtc.Track, seconds: float) -> np.ndarray[Any, np.dtype[np.int16]]:
-    """`seconds` of received audio, after the first 0.5 s (jitter buffer and codec warm-up)."""
+    """`seconds` of received audio, from 0.5 s after the first sound (jitter buffer and codec
+    warm-up; the stream plays silence until the media path is up, later on a busy machine)."""
     stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
     chunks: list[np.ndarray[Any, np.dtype[np.int16]]] = []
     skip = int(0.5 * SAMPLE_RATE)
     need = int(seconds * SAMPLE_RATE)
+    heard = False
     try:
         async for event in stream:
             pcm = np.frombuffer(event.frame.data, dtype=np.int16)
+            heard = heard or bool(pcm.any())
+            if not heard:
+                continue
             if skip > 0:
                 skip -= len(pcm)
                 continue

@@ -43,6 +43,8 @@ SERVER_VERSION = "1.9.0"
 PROTOCOL = 16
 PING_INTERVAL_S = 5
 PING_TIMEOUT_S = 15
+CONNECT_S = 15
+"""How long a later offer waits for the subscriber connection (then it goes anyway)."""
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
 
@@ -237,6 +239,8 @@ class Participant:
         self.publisher.on("track", self._on_track)
         self.publisher.on("datachannel", self._on_datachannel)
         self.publisher.on("connectionstatechange", self._on_publisher_state)
+        self._subscriber_connected = asyncio.Event()
+        self.subscriber.on("connectionstatechange", self._on_subscriber_state)
 
     def __repr__(self) -> str:
         return f"<Participant {self.identity} {self.sid} in {self.room.name}>"
@@ -363,6 +367,10 @@ class Participant:
         if not self.room.participants:
             await self.server.close_room(self.room)
 
+    def _on_subscriber_state(self) -> None:
+        if self.subscriber.connectionState == "connected":
+            self._subscriber_connected.set()
+
     def _on_publisher_state(self) -> None:
         if self.publisher.connectionState == "connected" and self.state == ParticipantState.JOINED:
             self.state = ParticipantState.ACTIVE
@@ -427,7 +435,8 @@ class Participant:
                 )
             )
         if self._negotiation_needed:
-            await self._send_offer()
+            self._offer_in_flight = True
+            self._tasks.spawn(self._offer_once_connected())
 
     async def _on_trickle(self, trickle: proto_rtc.TrickleRequest) -> None:
         candidate = _candidate(trickle.candidateInit)
@@ -568,7 +577,18 @@ class Participant:
         self._negotiation_needed = True
         if not self._offer_in_flight and self.connected:
             self._offer_in_flight = True
-            self._tasks.spawn(self._send_offer())
+            self._tasks.spawn(self._offer_once_connected())
+
+    async def _offer_once_connected(self) -> None:
+        """Offer once the subscriber connection is up. An aiortc (1.16) RTP sender that starts
+        before DTLS has connected stops for good: the track would be silent. The first offer, in
+        `join`, is what connects it, and goes at once."""
+        try:
+            async with asyncio.timeout(CONNECT_S):
+                await self._subscriber_connected.wait()
+        except TimeoutError:
+            log.warning("%s: subscriber connection not up after %s s, offering", self, CONNECT_S)
+        await self._send_offer()
 
     async def _send_offer(self) -> None:
         self._offer_in_flight = True
