@@ -288,6 +288,11 @@ class Caller:
         """Seconds of the agent's audio at speech level between two monotonic times."""
         return sum(1 for at, level in self.levels if start <= at < end and level > SPEECH_RMS) / 100
 
+    def left_at(self) -> float:
+        """When the agent left the room (it must have)."""
+        assert self.agent_left_at is not None, "the agent has not left"
+        return self.agent_left_at
+
     def arrival(self, event: Event) -> float:
         """When `event` (one of `events`) arrived."""
         return self.arrivals[next(i for i, e in enumerate(self.events) if e is event)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from livekit import rtc
-from livekit.protocol.agent import JS_FAILED
+from livekit.protocol.agent import JS_FAILED, JS_SUCCESS
 
 from tests.e2e.calls import (
     GREETING,
@@ -139,6 +139,11 @@ async def test_end_call_from_the_app_ends_the_call_and_the_agent_leaves(
         assert isinstance(ended["duration"], float | int)
         assert ended["duration"] > 0
         await until(lambda: caller.agent() is None, JOIN_S, "the agent to leave")
+        assert caller.arrival(ended) < caller.left_at()
+        # the caller is still in the room: the job ends because the agent ended it
+        [job] = [r.job for r in livekit_server.workers.jobs.values()]
+        await livekit_server.workers.wait_until(lambda: job.state.status in ENDED, LEAVE_S)
+        assert job.state.status == JS_SUCCESS
     check_call_events(caller.events)
 
 

@@ -18,7 +18,6 @@ from tests.e2e.calls import (
     JOIN_S,
     ROOT,
     TURN_S,
-    Caller,
     StandIns,
     call,
     room_name,
@@ -142,7 +141,7 @@ async def test_sigterm_mid_call_says_goodbye_and_ends_the_call_before_the_worker
         assert ended["reason"] == "worker_shutdown"
         assert caller.spoke_since(signalled, seconds=1.0), "no goodbye was heard"
         await until(lambda: caller.agent_left_at is not None, JOIN_S, "the agent to leave")
-        assert caller.arrival(said) < caller.arrival(ended) < _left(caller)
+        assert caller.arrival(said) < caller.arrival(ended) < caller.left_at()
         assert await asyncio.wait_for(worker.process.wait(), EXIT_S) == 0
     check_call_events(caller.events)
 
@@ -150,8 +149,3 @@ async def test_sigterm_mid_call_says_goodbye_and_ends_the_call_before_the_worker
 def _pending(record: JobRecord) -> bool:
     state = record.job.state
     return state.status == proto_agent.JS_PENDING and not state.worker_id
-
-
-def _left(caller: Caller) -> float:
-    assert caller.agent_left_at is not None
-    return caller.agent_left_at
