@@ -32,7 +32,16 @@ def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command(tmp_path: Path) -> None:
     result = run("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("start", "dev", "console", "connect", "download-files", "agents", "route"):
+    for command in (
+        "start",
+        "dev",
+        "console",
+        "connect",
+        "download-files",
+        "agents",
+        "route",
+        "api",
+    ):
         assert command in result.stdout
 
 
