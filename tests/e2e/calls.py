@@ -53,6 +53,10 @@ TURN_S = 20
 STOP_S = 15
 RATE = 16000
 FRAME = RATE // 100
+"""10 ms: the resolution of the agent's audio levels."""
+CHUNK_MS = 50
+"""What the caller hands the SDK and takes from it at once: fewer wake-ups of the test's event
+loop, which the test server's WebRTC shares (a late loop overflows its jitter buffers)."""
 SPEECH_RMS = 300.0
 """The int16 RMS of a 10 ms frame of the agent's audio that counts as speech (HumVoice: ~3000)."""
 
@@ -94,6 +98,8 @@ async def stand_ins(recording: Recording, llm: Responder) -> AsyncIterator[Stand
     async with stt, llm_service, tts:
         yield StandIns(stt, llm_service, tts)
     print(f"--- STT results (final, text) ---\n{stt.results}")
+    needed = matcher.min_score
+    print(f"--- segments (seconds, best score; {needed} needed) ---\n{matcher.heard}")
 
 
 @dataclass
@@ -310,19 +316,20 @@ class Caller:
         self._tasks.add(task)
 
     async def _microphone(self) -> None:
-        """10 ms frames paced by the clock: the queued clips, silence in between."""
+        """`CHUNK_MS` frames paced by the clock: the queued clips, silence in between."""
         loop = asyncio.get_running_loop()
+        size = RATE * CHUNK_MS // 1000
         start, sent = loop.time(), 0
         buffer = np.zeros(0, dtype=np.int16)
         while True:
-            if buffer.size < FRAME and self._pending:
+            if buffer.size < size and self._pending:
                 buffer = np.concatenate([buffer, self._pending.pop(0)])
-            frame = np.zeros(FRAME, dtype=np.int16)
-            chunk, buffer = buffer[:FRAME], buffer[FRAME:]
+            frame = np.zeros(size, dtype=np.int16)
+            chunk, buffer = buffer[:size], buffer[size:]
             frame[: chunk.size] = chunk
-            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, FRAME))
+            await self._source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, size))
             sent += 1
-            await asyncio.sleep(max(0.0, start + sent / 100 - loop.time()))
+            await asyncio.sleep(max(0.0, start + sent * CHUNK_MS / 1000 - loop.time()))
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
         if packet.topic == TOPIC:
@@ -343,11 +350,16 @@ class Caller:
             self._spawn(self._listen(track))
 
     async def _listen(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
+        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=CHUNK_MS)
         try:
             async for event in stream:
+                now = time.monotonic()
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
-                self.levels.append((time.monotonic(), float(np.sqrt(np.mean(pcm**2)))))
+                frames = pcm[: pcm.size // FRAME * FRAME].reshape(-1, FRAME)
+                rms = np.sqrt(np.mean(frames**2, axis=1))
+                # the chunk's last 10 ms frame arrived now, the earlier ones before it
+                for i, level in enumerate(rms):
+                    self.levels.append((now - (len(rms) - 1 - i) / 100, float(level)))
         finally:
             await stream.aclose()
 

@@ -115,6 +115,8 @@ class ClipMatcher:
         self._max_lag = round(max_lag / HOP)
         self._clips = [(_trim(log_envelope(s, rate), self._floor_db), text) for s, text in clips]
         self._min_frames = min_length * min(len(env) for env, _ in self._clips)
+        self.heard: list[tuple[float, float]] = []
+        """(seconds of speech, best score) of each segment matched: why one was not."""
 
     def __call__(self, samples: np.ndarray) -> str:
         segment = _trim(log_envelope(samples, self.rate), self._floor_db)
@@ -122,6 +124,7 @@ class ClipMatcher:
         if n < max(self._min_frames, FRAME / HOP):
             return ""
         best_score, best_text, best_span = self.min_score, "", (0.0, 0.0)
+        top = -1.0
         for clip, text in self._clips:
             m = len(clip)
             lags = set(range(-self._max_lag, self._max_lag + 1))
@@ -132,9 +135,11 @@ class ClipMatcher:
                 if last - first < 0.8 * n:
                     continue
                 score = _ncc(segment[first:last], clip[first + lag : last + lag])
+                top = max(top, score)
                 if score > best_score:
                     best_score, best_text = score, text
                     best_span = ((first + lag) / m, (last + lag) / m)
+        self.heard.append((round(n * HOP, 2), round(top, 3)))
         words = best_text.split()
         start = 0 if best_span[0] <= 0.1 else round(len(words) * best_span[0])
         end = len(words) if best_span[1] >= 0.9 else round(len(words) * best_span[1])
