@@ -86,12 +86,15 @@ def script(replies: Sequence[tuple[str, str]]) -> Script:
 
 
 @asynccontextmanager
-async def stand_ins(recording: Recording, llm: Responder) -> AsyncIterator[StandIns]:
-    """Deepgram knowing the recording's clips, the LLM answering with `llm`, a humming TTS."""
+async def stand_ins(
+    recording: Recording, llm: Responder, min_score: float = 0.8
+) -> AsyncIterator[StandIns]:
+    """Deepgram knowing the recording's clips (`min_score`: how closely a segment must match
+    one), the LLM answering with `llm`, a humming TTS."""
     clips = [(recording.clip(uid), recording.text(uid)) for uid in recording.utterances]
     # the clips reach the stand-in through Opus twice (caller -> server -> worker): a looser match
     # than the default, safe with these recordings' few, distinct clips
-    matcher = ClipMatcher(clips, min_score=0.8)
+    matcher = ClipMatcher(clips, min_score=min_score)
     stt = DeepgramStandIn(api_key=KEYS["DEEPGRAM_API_KEY"], transcriber=matcher)
     llm_service = OpenAIStandIn(api_key=KEYS["OPENAI_API_KEY"], responder=llm)
     tts = ElevenLabsStandIn(api_key=KEYS["ELEVEN_API_KEY"], voice=HumVoice())
