@@ -155,27 +155,40 @@ async def voice_worker(
             environment[name] = value
     known = set(lk.workers.workers)
     log_path = log_dir / "worker.log"
+    async with worker_command(["start"], environment, log_path) as process:
+        registered = await _registered(lk, process, known)
+        yield WorkerProcess(registered, process, log_path)
+
+
+@asynccontextmanager
+async def worker_command(
+    args: Sequence[str], env: Mapping[str, str], log_path: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m worker ARGS` in its own process group, output to `log_path`; stopped at the
+    end (`stop_process`) and its log printed, which pytest shows for a failed test."""
     try:
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "worker",
-                "start",
+                *args,
                 cwd=ROOT,
-                env=environment,
+                env=dict(env),
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its job processes go with it at the end
+                start_new_session=True,  # its child processes go with it at the end
             )
             try:
-                registered = await _registered(lk, process, known)
-                yield WorkerProcess(registered, process, log_path)
+                yield process
             finally:
                 await stop_process(process, log)
     finally:
-        # pytest shows a test's captured output only when it failed
-        print(f"--- worker log ({log_path}) ---\n{log_path.read_text(errors='replace')}")
+        print(f"--- {log_path.name} ({log_path}) ---\n{_text(log_path)}")
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
 
 
 async def _registered(
@@ -278,6 +291,12 @@ class Caller:
         await self.room.local_participant.publish_data(
             json.dumps(message).encode(), reliable=True, topic=TOPIC
         )
+
+    async def say_after_greeting(self, clip: Samples) -> float:
+        """Wait for the agent's greeting to end, then say `clip`; returns when it started."""
+        await self.event(TURN_S, type="transcript", role="agent", final=True)
+        self.play(clip)
+        return time.monotonic()
 
     async def hang_up(self, timeout: float = TURN_S) -> Event:
         """`end_call`, as the app's hang-up button sends it: the call must end `client_ended`."""

@@ -93,9 +93,7 @@ async def test_a_question_gets_the_scripted_answer(
     livekit_server: LiveKitFixture, worker: WorkerProcess, recording: Recording
 ) -> None:
     async with call(livekit_server) as caller:
-        await caller.event(TURN_S, type="transcript", role="agent", final=True)
-        asked = time.monotonic()
-        caller.play(recording.clip("question"))
+        asked = await caller.say_after_greeting(recording.clip("question"))
         heard = await caller.event(TURN_S, type="transcript", role="user", final=True)
         assert heard["text"] == recording.text("question")
         await until(lambda: caller.spoke_since(asked), TURN_S, "the agent's spoken answer")
@@ -111,9 +109,7 @@ async def test_talking_over_the_agent_stops_its_audio_and_the_reply_is_interrupt
     livekit_server: LiveKitFixture, worker: WorkerProcess, recording: Recording
 ) -> None:
     async with call(livekit_server) as caller:
-        await caller.event(TURN_S, type="transcript", role="agent", final=True)
-        asked = time.monotonic()
-        caller.play(recording.clip("question"))
+        asked = await caller.say_after_greeting(recording.clip("question"))
         await until(lambda: caller.spoke_since(asked, seconds=1.5), TURN_S, "the long answer")
         talked_over = time.monotonic()
         caller.play(recording.clip("interrupt"))
@@ -151,9 +147,7 @@ async def test_a_caller_leaving_mid_reply_ends_the_job_and_the_worker_takes_the_
     livekit_server: LiveKitFixture, worker: WorkerProcess, recording: Recording
 ) -> None:
     async with call(livekit_server) as caller:
-        await caller.event(TURN_S, type="transcript", role="agent", final=True)
-        asked = time.monotonic()
-        caller.play(recording.clip("question"))
+        asked = await caller.say_after_greeting(recording.clip("question"))
         await caller.event(TURN_S, type="transcript", role="user", final=True)
         await until(lambda: caller.spoke_since(asked), TURN_S, "the agent's spoken answer")
         assert not caller.find(type="transcript", role="agent", text=ANSWER), "reply already over"

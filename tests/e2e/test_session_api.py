@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +27,6 @@ from livekit.protocol.agent_dispatch import AgentDispatch
 
 from tests.e2e.calls import (
     JOIN_S,
-    ROOT,
     SUPPORT_PROMPT,
     TURN_S,
     Caller,
@@ -36,9 +34,9 @@ from tests.e2e.calls import (
     WorkerProcess,
     script,
     stand_ins,
-    stop_process,
     until,
     voice_worker,
+    worker_command,
 )
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording, check_call_events
@@ -117,31 +115,13 @@ async def session_api(lk: LiveKitFixture, log_dir: Path) -> AsyncIterator[Sessio
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = log_dir / "api.log"
-    try:
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                "api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                cwd=ROOT,
-                env=environment,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                async with aiohttp.ClientSession() as http:
-                    await _healthy(http, url, process)
-                    yield SessionApi(url, http, process, log_path)
-            finally:
-                await stop_process(process, log)
-    finally:
-        print(f"--- session API log ({log_path}) ---\n{log_path.read_text(errors='replace')}")
+    command = ["api", "--host", "127.0.0.1", "--port", str(port)]
+    async with (
+        worker_command(command, environment, log_path) as process,
+        aiohttp.ClientSession() as http,
+    ):
+        await _healthy(http, url, process)
+        yield SessionApi(url, http, process, log_path)
 
 
 async def _healthy(
