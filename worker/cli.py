@@ -179,8 +179,9 @@ def api(
 def setup() -> None:
     """Prepare the bundled local models (assemble and verify Whisper; check Piper and the LLM)."""
     from .local_llm import bundled_model
-    from .local_stt import LocalModelError, ensure_bundled_model
+    from .local_stt import ensure_bundled_model
     from .local_tts import bundled_voice
+    from .model_files import LocalModelError
 
     try:
         typer.echo(f"whisper: {ensure_bundled_model()} (sha256 verified)")
@@ -312,7 +313,8 @@ def local_models(registry: AgentRegistry) -> Iterator[str | None]:
     from .config import LocalLLM, LocalSTT
     from .local_llm import LocalLLMServer
     from .local_runtime import llm_threads, local_entries, missing_packages
-    from .local_stt import LocalModelError, ensure_bundled_model
+    from .local_stt import ensure_bundled_model
+    from .model_files import LocalModelError
 
     if missing := missing_packages(registry):
         fail("; ".join(missing))

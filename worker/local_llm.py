@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .local_stt import LocalModelError
+from .model_files import LocalModelError
 
 logger = logging.getLogger("worker.local_llm")
 

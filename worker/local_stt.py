@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from livekit import rtc
 from livekit.agents import NOT_GIVEN, APIConnectOptions, LanguageCode, NotGivenOr, stt, utils
+
+from .model_files import LocalModelError, cache_dir, is_verified, mark_verified, package_dir
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -33,26 +34,11 @@ BUNDLED_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6
 BUNDLED_SIZE = 145_217_532
 
 
-class LocalModelError(RuntimeError):
-    """A local model that cannot be found or verified; the message says what to run."""
-
-
-def cache_dir() -> Path:
-    """Where assembled local models live (`WORKER_MODEL_CACHE`, default ~/.cache/voice-worker)."""
-    return Path(os.environ.get("WORKER_MODEL_CACHE") or Path.home() / ".cache" / "voice-worker")
-
-
 def ensure_bundled_model(target: Path | None = None) -> Path:
     """The bundled Whisper "base" model as a ready directory, assembled on first use."""
     target = target or cache_dir() / "whisper-base"
     model = target / "model.bin"
-    marker = target / "model.bin.sha256"
-    if (
-        model.is_file()
-        and model.stat().st_size == BUNDLED_SIZE
-        and marker.is_file()
-        and marker.read_text().strip() == BUNDLED_SHA256
-    ):
+    if is_verified(model, size=BUNDLED_SIZE, sha256=BUNDLED_SHA256):
         return target
     parts = [_package_data(name) for name in BUNDLED_PARTS]
     target.mkdir(parents=True, exist_ok=True)
@@ -73,18 +59,18 @@ def ensure_bundled_model(target: Path | None = None) -> Path:
     for name in BUNDLED_FILES:
         (target / name).write_bytes((parts[0] / name).read_bytes())
     partial.replace(model)
-    marker.write_text(BUNDLED_SHA256 + "\n")
+    mark_verified(model, BUNDLED_SHA256)
     logger.info("assembled the bundled Whisper base model in %s", target)
     return target
 
 
 def _package_data(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    found = package_dir(package)
+    if found is None:
         raise LocalModelError(
             f"the bundled Whisper model is not installed ({package}): run `bash setup.sh`"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    return found / "data"
 
 
 def load_whisper(model: str | None, *, threads: int) -> WhisperModel:

@@ -22,7 +22,7 @@ from livekit.agents.tokenize import blingfire
 from livekit.agents.tokenize.token_stream import BufferedSentenceStream
 from livekit.agents.tokenize.tokenizer import SentenceStream, SentenceTokenizer
 
-from .local_stt import LocalModelError
+from .model_files import LocalModelError
 
 if TYPE_CHECKING:
     from piper import PiperVoice
