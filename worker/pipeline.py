@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from livekit.agents import AgentSession, vad
-from livekit.agents.voice.turn import TurnHandlingOptions
+from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 
 from .config import AgentConfig
 from .providers import Providers
@@ -30,14 +30,15 @@ def load_vad(settings: VADSettings) -> vad.VAD:
     )
 
 
-def turn_handling(agent: AgentConfig) -> TurnHandlingOptions:
-    """The 1.8 `turn_handling` options for an agent, every key explicit."""
+def turn_handling(agent: AgentConfig, detection: TurnDetectionMode) -> TurnHandlingOptions:
+    """The 1.8 `turn_handling` options for an agent, every key explicit. `detection` is the
+    call's own end-of-turn detector or a string mode, never LiveKit's default
+    `inference.TurnDetector()` (its cloud model in dev)."""
     tt = agent.turn_taking
     return {
-        # a string mode, never the default inference.TurnDetector() (cloud model in dev)
-        "turn_detection": tt.detection,
+        "turn_detection": detection,
         "endpointing": {
-            "mode": "fixed",
+            "mode": tt.endpointing.mode,
             "min_delay": tt.endpointing.min_delay,
             "max_delay": tt.endpointing.max_delay,
         },
@@ -55,14 +56,14 @@ def turn_handling(agent: AgentConfig) -> TurnHandlingOptions:
 
 
 def build_session(
-    agent: AgentConfig, providers: Providers, vad_model: vad.VAD
+    agent: AgentConfig, providers: Providers, vad_model: vad.VAD, detection: TurnDetectionMode
 ) -> AgentSession[Any]:
     return AgentSession(
         stt=providers.stt,
         llm=providers.llm,
         tts=providers.tts,
         vad=vad_model,
-        turn_handling=turn_handling(agent),
+        turn_handling=turn_handling(agent, detection),
         # 0 would mean "no warm-up"; the framework wants None for that
         aec_warmup_duration=agent.turn_taking.aec_warmup or None,
         # silence is the call's business (reprompt, then goodbye), not the framework's "away" state

@@ -105,7 +105,8 @@ class Resolution:
 
     registry: AgentRegistry
     fallbacks: list[str] = field(default_factory=list)
-    """Cloud providers replaced by the local ones, one line each (logged once at start)."""
+    """Cloud providers replaced by the local ones, and the end-of-turn model by silence when it
+    is missing, one line each (logged once at start)."""
     problems: list[str] = field(default_factory=list)
     """Missing keys that stop the worker, naming file, field and variable."""
 
@@ -144,7 +145,7 @@ def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: boo
                     entries.append(LOCAL_DEFAULTS[stage])
             updates[stage] = entries
         agents.append(agent.model_copy(update=updates))
-    resolution.registry = AgentRegistry(agents)
+    resolution.registry = AgentRegistry(turn_detection_fallback(agents, resolution.fallbacks))
     local_llms = {
         entry.model for _, entry in all_entries(resolution.registry) if isinstance(entry, LocalLLM)
     }
@@ -153,6 +154,35 @@ def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: boo
             f"agents use {len(local_llms)} different local LLM models; a worker serves one"
         )
     return resolution
+
+
+def turn_detection_fallback(agents: list[AgentConfig], notes: list[str]) -> list[AgentConfig]:
+    """Agents with `smart_turn` end turns on silence (`vad`) when the model is not installed:
+    said once at start (in `notes`), never a failure during a call."""
+    from .model_files import LocalModelError
+    from .turns.smart_turn import model_path
+
+    users = [agent for agent in agents if agent.turn_taking.detection == "smart_turn"]
+    if not users:
+        return agents
+    try:
+        model_path()
+    except LocalModelError as exc:
+        reason = str(exc)
+    else:
+        return agents
+    resolved = []
+    for agent in agents:
+        if agent in users:
+            delay = agent.turn_taking.endpointing.min_delay
+            notes.append(
+                f"{agent.source}: turn_taking.detection: smart_turn: {reason}; ending turns "
+                f"after {delay}s of silence (vad) instead"
+            )
+            turn_taking = agent.turn_taking.model_copy(update={"detection": "vad"})
+            agent = agent.model_copy(update={"turn_taking": turn_taking})  # noqa: PLW2901
+        resolved.append(agent)
+    return resolved
 
 
 def check_registry(registry: AgentRegistry) -> list[str]:

@@ -103,6 +103,7 @@ class VoiceWorker:
             metadata=ctx.job.metadata or "",
             shutdown=listen_for_shutdown(),
             log_fields=fields,
+            turn_runner=local.turn_runner,
         )
         await run_call(setup, RoomTransport(ctx, user_id=room.user_id if room else None))
 

@@ -59,7 +59,10 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
     assert agent.stt[0].timeout == 3.0
     assert agent.stt[0].retries == 1
     assert agent.limits.max_duration == 1800
-    assert agent.turn_taking.detection == "vad"
+    assert agent.turn_taking.detection == "smart_turn"
+    acknowledgements = agent.acknowledgements()
+    assert acknowledgements is not None, "English agents have the built-in list"
+    assert acknowledgements.is_acknowledgement("Uh-huh.")
 
 
 @pytest.mark.parametrize(
@@ -128,6 +131,66 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
         ),
         (
             "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {detection: livekit-cloud}",
+            "turn_taking.detection: Input should be 'smart_turn', 'vad' or 'stt'",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {acknowledgements: {phrases: yeah}}",
+            "turn_taking.acknowledgements.phrases: Input should be a valid list",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {acknowledgements: {phrases: []}}",
+            "turn_taking.acknowledgements.phrases: List should have at least 1 item",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\n"
+            "turn_taking: {acknowledgements: {phrases: [yeah, 'no, wait']}}",
+            "turn_taking.acknowledgements.phrases: [1] 'no, wait': 'no' asks the agent to stop",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {acknowledgements: {phrases: ['...']}}",
+            "turn_taking.acknowledgements.phrases: [0] '...' has no words",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\n"
+            "turn_taking: {acknowledgements: {phrases: [yeah that is right ok]}}",
+            "has more than 4 words",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\n"
+            "turn_taking: {acknowledgements: {phrases: [{yeah: 1}]}}",
+            "turn_taking.acknowledgements.phrases[0]: Input should be a valid string",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {acknowledgements: {enabled: maybe}}",
+            "turn_taking.acknowledgements.enabled: Input should be a valid boolean",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nlanguage: ja\n"
+            "turn_taking: {acknowledgements: {enabled: true}}",
+            "turn_taking.acknowledgements.phrases: no built-in list for language 'ja'",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\n"
+            "turn_taking: {interruption: {resume_false_interruption: false}}",
+            "turn_taking.acknowledgements: needs interruption.resume_false_interruption",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {endpointing: {mode: learned}}",
+            "turn_taking.endpointing.mode: Input should be 'fixed' or 'dynamic'",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
             "tts: [{provider: elevenlabs}]\ninstructions: hi",
             "write them as the body",
         ),
@@ -169,6 +232,25 @@ def test_invalid_files_name_file_and_field(
     assert any(p.startswith(f"{tmp_path / 'broken.md'}: ") and expected in p for p in problems), (
         problems
     )
+
+
+def test_acknowledgements_follow_the_language_or_the_file(tmp_path: Path) -> None:
+    spanish = load_agent_file(write(tmp_path, "es.md", VALID.replace("id:", "language: es\nid:")))
+    phrases = spanish.acknowledgements()
+    assert phrases is not None
+    assert phrases.is_acknowledgement("Vale, de acuerdo.")
+    assert not phrases.is_acknowledgement("Yeah.")
+    own = VALID.replace(
+        "id:", "turn_taking: {acknowledgements: {phrases: [roger, copy that]}}\nid:"
+    )
+    custom = load_agent_file(write(tmp_path, "own.md", own)).acknowledgements()
+    assert custom is not None
+    assert custom.is_acknowledgement("Roger, copy that.")
+    assert not custom.is_acknowledgement("Yeah."), "the file's list replaces the default"
+    japanese = VALID.replace("id:", "language: ja\nid:")
+    assert load_agent_file(write(tmp_path, "ja.md", japanese)).acknowledgements() is None
+    off = VALID.replace("id:", "turn_taking: {acknowledgements: {enabled: false}}\nid:")
+    assert load_agent_file(write(tmp_path, "off.md", off)).acknowledgements() is None
 
 
 def test_a_custom_apology_plays_from_its_own_recording(tmp_path: Path) -> None:
