@@ -71,8 +71,9 @@ def _registry(settings: WorkerSettings) -> AgentRegistry:
 def _resolved(registry: AgentRegistry, *, command: str) -> Resolution:
     """The agents with the providers `command` will use; stops on problems, notes fallbacks."""
     from .providers import check_registry, resolve
+    from .turns.call_turns import check_vad
 
-    if problems := check_registry(registry):
+    if problems := check_registry(registry) + check_vad(registry, _settings().vad):
         fail(str(ConfigError(problems)))
     resolution = resolve(registry, os.environ, allow_local=command in DEV_COMMANDS)
     if resolution.problems and command != "download-files":

@@ -140,7 +140,8 @@ class Endpointing(_Strict):
     min_delay: Annotated[float, Field(ge=0, le=5)] = 0.3
     """Seconds of silence after speech before the user's turn can end."""
     max_delay: Annotated[float, Field(ge=0, le=10)] = 2.0
-    """With `smart_turn`: how long to wait for more speech when the turn sounds unfinished."""
+    """With a model (`smart_turn`, `livekit`): how long to wait for more speech when the turn
+    sounds unfinished."""
 
 
 class Interruption(_Strict):
@@ -184,10 +185,10 @@ class Acknowledgements(_Strict):
 
 
 class TurnTaking(_Strict):
-    detection: Literal["smart_turn", "vad", "stt"] = "smart_turn"
+    detection: Literal["smart_turn", "livekit", "vad", "stt"] = "smart_turn"
     """`smart_turn`: an end-of-turn model hears whether the caller finished (and the transcript
-    must not stop mid-sentence) before the agent answers; `vad`: a fixed silence does; `stt`:
-    the STT's endpointing does."""
+    must not stop mid-sentence) before the agent answers; `livekit`: LiveKit's own local model
+    (v1-mini) does; `vad`: a fixed silence does; `stt`: the STT's endpointing does."""
     endpointing: Endpointing = Endpointing()
     interruption: Interruption = Interruption()
     acknowledgements: Acknowledgements = Acknowledgements()

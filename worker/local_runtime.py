@@ -81,8 +81,13 @@ class LocalRuntime:
                 if warm:
                     list(voice.synthesize("Hello there."))
                 runtime.voices[tts_entry.voice] = voice
-        if any(agent.turn_taking.detection == "smart_turn" for agent in registry):
+        detections = {agent.turn_taking.detection for agent in registry}
+        if "smart_turn" in detections:
             runtime.turn_runner = load_turn_model(warm=warm)
+        if "livekit" in detections:
+            import livekit.local_inference
+
+            livekit.local_inference.init_eot()  # ~244 MB, lazily on a call's event loop otherwise
         return runtime
 
 

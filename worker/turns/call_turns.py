@@ -8,16 +8,33 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, ModelSettings, stt
+from livekit.agents import Agent, AgentSession, ModelSettings, inference, stt
 from livekit.agents.llm import ChatMessage
 from livekit.agents.voice import events as lk_events
 from livekit.agents.voice.turn import TurnDetectionMode
 
-from worker.config import AgentConfig
+from worker.config import AgentConfig, AgentRegistry
+from worker.settings import VADSettings
 from worker.turns.barge_in import AcknowledgementFilter, resume_paused_speech
 from worker.turns.detector import EndOfTurnDetector, ModelRunner
 
 logger = logging.getLogger("worker.turns")
+
+
+LIVEKIT_MIN_SILENCE = 0.25
+"""LiveKit's turn detector refuses a VAD that reports silence sooner (200 ms + 50 ms)."""
+
+
+def check_vad(registry: AgentRegistry, vad: VADSettings) -> list[str]:
+    """Agents whose detector cannot run with the process's VAD, found at start."""
+    if vad.min_silence >= LIVEKIT_MIN_SILENCE:
+        return []
+    return [
+        f"{agent.source}: turn_taking.detection: livekit needs WORKER_VAD_MIN_SILENCE >= "
+        f"{LIVEKIT_MIN_SILENCE} (it is {vad.min_silence})"
+        for agent in registry
+        if agent.turn_taking.detection == "livekit"
+    ]
 
 
 class CallTurns:
@@ -45,6 +62,9 @@ class CallTurns:
     def turn_detection(self) -> TurnDetectionMode:
         if self.detector is not None:
             return self.detector
+        if self._mode == "livekit":
+            # always the local model: without a version, dev mode would pick LiveKit's cloud one
+            return inference.TurnDetector(version="v1-mini")
         return "vad" if self._mode == "smart_turn" else self._mode
 
     def attach(self, session: AgentSession[Any]) -> None:
