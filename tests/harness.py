@@ -58,6 +58,16 @@ class Recording:
     def text(self, utterance_id: str) -> str:
         return str(self.utterances[utterance_id]["text"])
 
+    def spoken_clips(self) -> list[tuple[np.ndarray, str]]:
+        """Each stretch of speech with its words: an utterance, or each part of a hesitant one
+        (what a transcriber hears as separate pieces)."""
+        clips = []
+        for utterance in self.utterances.values():
+            for piece in utterance.get("parts") or [utterance]:
+                start, end = int(piece["start"] * self.rate), int(piece["end"] * self.rate)
+                clips.append((self.samples[start:end], str(piece["text"])))
+        return clips
+
 
 def make_agent(**overrides: Any) -> AgentConfig:
     """A valid agent config for tests; nested dicts in `overrides` merge into the defaults."""

@@ -91,7 +91,7 @@ async def stand_ins(
 ) -> AsyncIterator[StandIns]:
     """Deepgram knowing the recording's clips (`min_score`: how closely a segment must match
     one), the LLM answering with `llm`, a humming TTS."""
-    clips = [(recording.clip(uid), recording.text(uid)) for uid in recording.utterances]
+    clips = recording.spoken_clips()
     # the clips reach the stand-in through Opus twice (caller -> server -> worker): a looser match
     # than the default, safe with these recordings' few, distinct clips
     matcher = ClipMatcher(clips, min_score=min_score)

@@ -30,8 +30,8 @@ def stand_in_factory(
 
     def make(stage: str, spec: Provider, recording: Recording, key: str) -> StandIn:
         if stage == "stt":
-            clips = [(recording.clip(uid), recording.text(uid)) for uid in recording.utterances]
-            transcriber = ClipMatcher(clips) if spec.content == "manifest" else whisper()
+            manifest = spec.content == "manifest"
+            transcriber = ClipMatcher(recording.spoken_clips()) if manifest else whisper()
             return DeepgramStandIn(api_key=key, transcriber=transcriber)
         if stage == "llm":
             rules = [(r.match, reply(r.say, r.call)) for r in spec.replies]

@@ -40,6 +40,7 @@ STAGE_KEYS = {"stt": "DEEPGRAM_API_KEY", "llm": "OPENAI_API_KEY", "tts": "ELEVEN
 STAGE_PROVIDERS = {"stt": "deepgram", "llm": "openai", "tts": "elevenlabs"}
 LOUD = 300.0
 """RMS (int16) above which the agent's audio counts as sound rather than silence."""
+TALKS_ON_WITHIN = 1.5
 
 
 class _Strict(BaseModel):
@@ -127,6 +128,9 @@ class Expect(_Strict):
     resumed: bool = False
     """Some agent turn paused (the caller made a sound) and went on speaking: a false
     interruption."""
+    talks_through: list[str] = Field(default_factory=list)
+    """Utterances the agent talks through (acknowledgements): it was talking before each, and
+    is heard again within `TALKS_ON_WITHIN` seconds of its end."""
     cut_short: bool = False
     """A barge-in stopped the work on the reply it interrupted: the LLM stream was dropped
     before its end, and its TTS context was closed having received (and billed) only part of
@@ -350,6 +354,11 @@ async def check(
         assert call.agent_rms(after, after + 0.5) < LOUD, "the agent stopped talking"
     if expect.resumed:
         assert _resumed_turns(call.events), "no agent turn paused and resumed"
+    for uid in expect.talks_through:
+        start, end = outcome.played[uid]
+        assert call.agent_rms(start - 1.0, start) > LOUD, f"the agent was talking before {uid}"
+        again = end + TALKS_ON_WITHIN
+        assert call.agent_rms(again - 0.5, again) > LOUD, f"the agent went on after {uid}"
     if expect.cut_short:
         _check_cut_short(outcome)
     for stage, count in expect.connections.items():
