@@ -241,6 +241,22 @@ class FakeCallHarness(CallHarness):
             turn_runner=turn_runner,
         )
 
+    async def say(self, recording: Recording, uid: str) -> list[tuple[float, float]]:
+        """Say an utterance, part by part with its pauses, the fake STT finalising each part
+        (its `latency` after the part ends); returns when each part started and ended."""
+        utterance = recording.utterances[uid]
+        parts = utterance.get("parts") or [utterance]
+        spans = []
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(float(utterance["pause"]))
+            start, end = int(part["start"] * recording.rate), int(part["end"] * recording.rate)
+            started = self.now()
+            ended = await self.play(recording.samples[start:end])
+            self.stt.transcribe_later(str(part["text"]))
+            spans.append((started, ended))
+        return spans
+
 
 def is_type(type_: str, **fields: Any) -> Callable[[Event], bool]:
     return lambda e: e["type"] == type_ and all(e.get(k) == v for k, v in fields.items())

@@ -100,6 +100,11 @@ def agents(
         row: dict[str, object] = {"id": agent.id, "name": agent.name, "file": agent.source}
         for stage in STAGES:
             row[stage] = [describe(entry) for entry in getattr(resolved, stage)]
+        acknowledgements = resolved.acknowledgements()
+        row["turn_taking"] = {
+            "detection": resolved.turn_taking.detection,
+            "acknowledgements": len(acknowledgements) if acknowledgements else 0,
+        }
         problems = [p for p in start.problems if p.startswith(f"{agent.source}:")]
         row["start"] = "ready" if not problems else "refused: " + "; ".join(problems)
         rows.append(row)
@@ -110,6 +115,12 @@ def agents(
         typer.echo(f"{row['id']}  {row['name']}  ({row['file']})")
         for stage in STAGES:
             typer.echo(f"    {stage}: {' -> '.join(row[stage])}")  # type: ignore[arg-type]
+        turns: dict[str, object] = row["turn_taking"]  # type: ignore[assignment]
+        phrases = turns["acknowledgements"]
+        typer.echo(
+            f"    turns: {turns['detection']}, acknowledgements "
+            + (f"on ({phrases} phrases)" if phrases else "off")
+        )
         typer.echo(f"    start: {row['start']}")
     for line in dev.fallbacks:
         typer.echo(f"note: {line}")

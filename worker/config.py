@@ -167,6 +167,17 @@ class Acknowledgements(_Strict):
     )
     """Replaces the language's built-in list (see worker/turns/phrases.py)."""
 
+    @field_validator("phrases", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        for i, phrase in enumerate(value if isinstance(value, list) else []):
+            if isinstance(phrase, bool):
+                raise ValueError(
+                    f"[{i}] YAML reads an unquoted yes/no/on/off as {phrase}: quote the phrase "
+                    '("yes")'
+                )
+        return value
+
     @field_validator("phrases")
     @classmethod
     def _phrases_are_acknowledgements(cls, value: list[str] | None) -> list[str] | None:

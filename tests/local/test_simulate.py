@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -22,17 +25,19 @@ KEYS = ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "ELEVEN_API_KEY")
 GREETING = "Hi there, this is Ava from Acme support. How can I help you today?"
 
 
-def simulate(recording: str, tmp_path: Path) -> tuple[list[dict[str, object]], Path, str]:
-    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+def simulate(
+    recording: str, tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[list[dict[str, object]], Path, str]:
+    clean = {k: v for k, v in os.environ.items() if k not in KEYS}
     out = tmp_path / "agent.wav"
     result = subprocess.run(
         [
             *(sys.executable, "-m", "worker", "simulate", "--agent", "5b710eca"),
             *("--audio", str(FIXTURES / f"{recording}.wav"), "--audio-out", str(out)),
-            *("--events-out", str(tmp_path / "events.jsonl")),
+            *("--events-out", str(tmp_path / "events.jsonl"), *options),
         ],
         cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
         timeout=280,
@@ -86,3 +91,76 @@ def test_a_noisy_recorded_call(tmp_path: Path) -> None:
     heard = " ".join(str(e["text"]) for e in said(events, "user"))
     assert wer(expected_user_text("support_call_noisy"), heard) <= 0.25, heard
     assert len(said(events, "agent")) >= 2
+
+
+def manifest(recording: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((FIXTURES / f"{recording}.yaml").read_text())
+    return loaded
+
+
+@pytest.mark.timeout(300)
+def test_a_caller_pausing_mid_sentence_is_heard_out(tmp_path: Path) -> None:
+    """The shipped agent, Whisper behind the VAD: each sentence with a 0.8-1.2 s pause in it is
+    one turn, and nothing is said in the pauses (a fixed 0.3 s silence split all three)."""
+    events, agent_wav, stderr = simulate("hesitant_call", tmp_path, "--log-level", "INFO")
+    check_call_events(events)
+    sentences = manifest("hesitant_call")["utterances"]
+    heard = [str(e["text"]) for e in said(events, "user")]
+    assert len(heard) == len(sentences), heard
+    for sentence, text in zip(sentences, heard, strict=True):
+        assert wer(sentence["text"], text) <= 0.25, (sentence["text"], text)
+    samples, rate = read_wav(agent_wav)
+    for sentence in sentences:
+        first, second = sentence["parts"]
+        pause = samples[int((first["end"] + 0.2) * rate) : int(second["start"] * rate)]
+        assert float(np.sqrt(np.mean(pause.astype(np.float64) ** 2))) < 100, (
+            f"the agent spoke in the pause of {sentence['text']!r}"
+        )
+    assert "3 user turns" in stderr, "the call's summary counts them the same"
+
+
+AGENT_WITH_A_LONG_GREETING = """greeting: Hi there, this is Ava from Acme support. I can help you
+  with orders, deliveries, returns and anything about your account, and if I cannot answer
+  something myself, I will pass it on to a colleague who can. So, how can I help you today?
+turn_taking:
+  greeting_interruptible: true
+"""
+
+
+@pytest.mark.timeout(300)
+def test_acknowledgements_over_the_agent_are_talked_through(tmp_path: Path) -> None:
+    """ "Yeah", "okay", "right" over the agent: it pauses a moment and goes on; none is a turn or
+    answered. The caller's real question afterwards is."""
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    shipped = (ROOT / "prompts" / "support.md").read_text(encoding="utf-8")
+    fields, body = shipped.split("\n---\n", 1)
+    fields = re.sub(r"^greeting: .*$", "", fields, flags=re.MULTILINE)
+    fields = re.sub(r"^turn_taking:\n(  .*\n)*", "", fields + "\n", flags=re.MULTILINE)
+    (prompts / "support.md").write_text(
+        f"{fields.rstrip()}\n{AGENT_WITH_A_LONG_GREETING}---\n{body}", encoding="utf-8"
+    )
+    events, agent_wav, stderr = simulate(
+        "acknowledgement_call",
+        tmp_path,
+        "--log-level",
+        "INFO",
+        env={"WORKER_PROMPTS_DIR": str(prompts)},
+    )
+    check_call_events(events)
+    greeting = said(events, "agent")[0]
+    assert greeting["interrupted"] is False
+    assert str(greeting["text"]).endswith("how can I help you today?"), "played to its end"
+    lines = {u["id"]: u for u in manifest("acknowledgement_call")["utterances"]}
+    heard = [str(e["text"]) for e in said(events, "user")]
+    assert len(heard) == 1, f"only the question is a turn: {heard}"
+    assert wer(lines["question"]["text"], heard[0]) <= 0.25
+    samples, rate = read_wav(agent_wav)
+    for uid in ("ack1", "ack2", "ack3"):
+        end = lines[uid]["end"]
+        after = samples[int((end + 1.0) * rate) : int((end + 2.5) * rate)]
+        assert float(np.sqrt(np.mean(after.astype(np.float64) ** 2))) > 300, (
+            f"the agent went on after {uid}"
+        )
+    assert stderr.count("caller acknowledgement") == 3, stderr[-2000:]
+    assert len(said(events, "agent")) >= 2, "the question was answered"

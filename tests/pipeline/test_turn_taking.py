@@ -34,25 +34,6 @@ def call_with(vad_model: vad.VAD, answer: str = "Sure.", **agent: Any) -> FakeCa
     )
 
 
-async def say(call: FakeCallHarness, recording: Recording, uid: str) -> list[tuple[float, float]]:
-    """Say an utterance part by part with its pauses (the STT finalises each part); returns
-    when each part started and ended."""
-    utterance = recording.utterances[uid]
-    parts = utterance.get("parts") or [utterance]
-    spans = []
-    for i, part in enumerate(parts):
-        if i:
-            await asyncio.sleep(float(utterance["pause"]))
-        audio = recording.samples[
-            int(part["start"] * recording.rate) : int(part["end"] * recording.rate)
-        ]
-        started = call.now()
-        ended = await call.play(audio)
-        call.stt.transcribe_later(str(part["text"]))
-        spans.append((started, ended))
-    return spans
-
-
 def turn_taking(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
     """What the call's summary log line says of its turn-taking."""
     (summary,) = [r for r in caplog.records if r.getMessage().startswith("call ended:")]
@@ -73,7 +54,7 @@ async def test_a_caller_pausing_mid_sentence_is_heard_out(
         await call.wait_event(is_type("transcript", role="agent"))  # the greeting
         for uid in sentences:
             mark = len(call.events)
-            (_, first_end), (second_start, _) = await say(call, hesitant, uid)
+            (_, first_end), (second_start, _) = await call.say(hesitant, uid)
             answer = await call.wait_event(is_type("transcript", role="agent"), after=mark)
             turn = call.events[mark : call.events.index(answer)]
             users = [e for e in turn if e["type"] == "transcript" and e["final"]]
@@ -101,7 +82,7 @@ async def test_complete_short_answers_do_not_wait_for_more(
         await call.wait_event(is_type("transcript", role="agent"))
         for uid in ("c01", "c02", "c04"):  # "Yes.", "Saturday.", "Tomorrow morning works."
             mark = len(call.events)
-            await say(call, complete, uid)
+            await call.say(complete, uid)
             await call.wait_event(is_type("transcript", role="agent"), after=mark)
     summary = turn_taking(caplog)
     assert summary["detection"] == "smart_turn"
@@ -120,12 +101,12 @@ async def test_acknowledgements_neither_stop_the_agent_nor_get_answered(
     async with call_with(vad_model, LONG_ANSWER) as call:
         await call.wait_event(is_type("transcript", role="agent"))
         mark = len(call.events)
-        await say(call, question, "c05")
+        await call.say(question, "c05")
         await call.wait_event(is_type("agent_state", state="speaking"), after=mark)
         heard: list[tuple[float, float]] = []
         for uid in ("a01", "a02", "a09", "a04", "a06"):
             await asyncio.sleep(2.0)
-            (span,) = await say(call, acks, uid)
+            (span,) = await call.say(acks, uid)
             heard.append(span)
         answer = await call.wait_event(is_type("transcript", role="agent"), after=mark, timeout=40)
         assert answer["interrupted"] is False
@@ -153,12 +134,12 @@ async def test_a_real_interruption_after_an_acknowledgement_still_stops_the_agen
     async with call_with(vad_model, LONG_ANSWER) as call:
         await call.wait_event(is_type("transcript", role="agent"))
         mark = len(call.events)
-        await say(call, question, "c05")
+        await call.say(question, "c05")
         await call.wait_event(is_type("agent_state", state="speaking"), after=mark)
         await asyncio.sleep(1.5)
-        await say(call, acks, "a03")  # "Okay."
+        await call.say(acks, "a03")  # "Okay."
         await asyncio.sleep(2.0)
-        ((cut_in, _),) = await say(call, interruptions, "i01")  # "Wait."
+        ((cut_in, _),) = await call.say(interruptions, "i01")  # "Wait."
         answer = await call.wait_event(is_type("transcript", role="agent"), after=mark)
         assert answer["interrupted"] is True
         assert LONG_ANSWER.startswith(answer["text"].rstrip())
@@ -181,10 +162,10 @@ async def test_with_acknowledgements_off_a_yeah_interrupts_as_before(
     async with call_with(vad_model, LONG_ANSWER, turn_taking=off) as call:
         await call.wait_event(is_type("transcript", role="agent"))
         mark = len(call.events)
-        await say(call, question, "c05")
+        await call.say(question, "c05")
         await call.wait_event(is_type("agent_state", state="speaking"), after=mark)
         await asyncio.sleep(1.5)
-        await say(call, acks, "a01")
+        await call.say(acks, "a01")
         answer = await call.wait_event(is_type("transcript", role="agent"), after=mark)
         assert answer["interrupted"] is True
     assert "acknowledgements" not in turn_taking(caplog)

@@ -132,7 +132,7 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
         (
             "tts: [{provider: elevenlabs}]",
             "tts: [{provider: elevenlabs}]\nturn_taking: {detection: livekit-cloud}",
-            "turn_taking.detection: Input should be 'smart_turn', 'vad' or 'stt'",
+            "turn_taking.detection: Input should be 'smart_turn', 'livekit', 'vad' or 'stt'",
         ),
         (
             "tts: [{provider: elevenlabs}]",
@@ -166,6 +166,11 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
             "tts: [{provider: elevenlabs}]\n"
             "turn_taking: {acknowledgements: {phrases: [{yeah: 1}]}}",
             "turn_taking.acknowledgements.phrases[0]: Input should be a valid string",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {acknowledgements: {phrases: [ok, yes]}}",
+            "phrases: [1] YAML reads an unquoted yes/no/on/off as True: quote the phrase",
         ),
         (
             "tts: [{provider: elevenlabs}]",
