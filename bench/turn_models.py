@@ -79,6 +79,7 @@ def measure(model: str) -> dict[str, Any]:
     data = cases()
     before = rss_mb()
     probability, threshold = load(model)
+    probability(data[0][1])  # warm, as the worker's prewarm does
     loaded = rss_mb()
     verdicts, seconds = [], []
     for kind, audio, text, finished in data:

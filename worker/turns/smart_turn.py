@@ -115,8 +115,8 @@ class SmartTurnModel:
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle threads must not spin: the caller's audio and the other calls share the cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # onnxruntime's threads spin briefly between the parallel steps of one run (its default):
+        # 24 ms a decision on 2 cores, against 34 ms with spinning off; between runs they sleep
         self.path = path
         self._session: Any = onnxruntime.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -149,7 +149,8 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     padded = np.pad(x.astype(np.float64), N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
     power = np.abs(np.fft.rfft(frames * _hann(), axis=-1)) ** 2
-    mel = np.log10(np.maximum(power @ _mel_filters(), 1e-10))[:-1].T
+    # einsum, not `@`: BLAS's own spinning threads would fight onnxruntime's (70 ms, not 33 ms)
+    mel = np.log10(np.maximum(np.einsum("fb,bm->fm", power, _mel_filters()), 1e-10))[:-1].T
     mel = np.maximum(mel, mel.max() - 8.0)
     features: np.ndarray = ((mel + 4.0) / 4.0).astype(np.float32)
     return features
