@@ -22,7 +22,7 @@ RUN useradd --uid "${UID}" --create-home --shell /usr/sbin/nologin worker
 ARG LOCAL_MODELS=false
 
 WORKDIR /app
-COPY constraints.txt pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md NOTICE ./
 COPY worker ./worker
 RUN pip install -c constraints.txt . \
     && if [ "$LOCAL_MODELS" = true ]; then \
@@ -33,9 +33,11 @@ RUN pip install -c constraints.txt . \
 COPY prompts ./prompts
 
 USER worker
-# Model files are fetched at build time, never at call time (the Silero VAD ships in its wheel).
+# Model files are fetched at build time, never at call time (the Silero VAD ships in its wheel;
+# the end-of-turn model comes out of the pipecat-ai wheel, verified by its sha256).
 RUN python -m worker download-files \
-    && if [ "$LOCAL_MODELS" = true ]; then python -m worker setup; fi
+    && if [ "$LOCAL_MODELS" = true ]; then python -m worker setup; \
+       else python -m worker setup --no-local; fi
 
 # LiveKit's health endpoint: GET / -> 200 "OK" while connected.
 EXPOSE 8081

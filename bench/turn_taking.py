@@ -15,8 +15,8 @@ alike. Measured on the agent's audio timeline, as the caller hears it:
 - acknowledgement: one said 2 s into a long answer (tests/fixtures/acknowledgements) stopped
   the agent (its turn ended interrupted) or was answered (reached the LLM as a turn);
 - barge_in_ms: a real interruption (tests/fixtures/interruptions) starts -> agent audio stops;
-- decision_ms: the end-of-turn model's own time per decision inside the calls (from each call's
-  summary log line).
+- model_ms: the end-of-turn model's own computing time per decision inside the calls (median
+  per call, from each call's summary log line).
 
 Prints one JSON object: per configuration the samples and their summaries, then the ratios.
 """
@@ -165,11 +165,19 @@ async def over_the_agent(
             if c.agent_rms(c.now() - 0.3, c.now()) > 300:  # the agent is talking: cut in
                 ((start, _),) = await c.say(interruptions, interruption)
                 await asyncio.sleep(1.5)
-                loud = loud_windows(c, start)[: int(2.0 / WINDOW)]
-                last = int(np.flatnonzero(loud).max(initial=-1))
-                reactions.append(round((last + 1) * WINDOW * 1000))
+                reactions.append(stopped_after(loud_windows(c, start)))
             await asyncio.sleep(1.0)
     return stopped, reactions
+
+
+def stopped_after(loud: np.ndarray, quiet: float = 0.2, limit: float = 2.0) -> float:
+    """Milliseconds until the agent's audio went silent for `quiet` seconds (the answer to the
+    interruption may follow); `limit` if it never did within it."""
+    run = int(quiet / WINDOW)
+    for i in range(min(len(loud), int(limit / WINDOW))):
+        if not loud[i : i + run].any():
+            return round(i * WINDOW * 1000)
+    return round(limit * 1000)
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -220,7 +228,7 @@ async def main(rounds: int) -> None:
             "barge_in_ms": summarize(r["barge_in_ms"]),
         }
     decisions = [s["end_of_turn"]["model_ms_p50"] for s in summaries.calls if s.get("end_of_turn")]
-    report["smart_turn"]["decision_ms_p50_per_call"] = decisions
+    report["smart_turn"]["model_ms_p50_per_call"] = decisions
     report["ratios_to_livekit_defaults"] = {
         name: {
             metric: round(

@@ -151,3 +151,22 @@ def test_simulate_rejects_bad_input_in_one_line(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1
     assert message in errors[0]
+
+
+def test_agents_show_their_turn_taking_and_the_fallback_without_the_model(tmp_path: Path) -> None:
+    result = run("agents", "--json", cwd=tmp_path)
+    support = next(a for a in json.loads(result.stdout) if a["id"].startswith("5b710eca"))
+    assert support["turn_taking"]["detection"] == "smart_turn"
+    assert support["turn_taking"]["acknowledgements"] > 10, "the English list"
+    empty = tmp_path / "no-models"
+    result = run("agents", cwd=tmp_path, WORKER_MODEL_CACHE=str(empty))
+    assert result.returncode == 0, "a missing end-of-turn model never stops the worker"
+    assert "turns: vad, acknowledgements on" in result.stdout
+    notes = [line for line in result.stdout.splitlines() if "turn_taking.detection" in line]
+    assert any(
+        line.startswith("note: ")
+        and "support.md: turn_taking.detection: smart_turn: the Smart Turn model" in line
+        and "run `python -m worker setup`" in line
+        and line.endswith("(vad) instead")
+        for line in notes
+    ), notes

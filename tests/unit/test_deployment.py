@@ -78,11 +78,19 @@ def test_livekit_yaml_matches_the_env_example() -> None:
 
 
 def test_env_example_lists_every_variable_the_worker_reads() -> None:
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "worker").glob("*.py"))
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "worker").rglob("*.py"))
     read = set(re.findall(r'"((?:WORKER|LIVEKIT|DEEPGRAM|OPENAI|ELEVEN)[A-Z0-9_]*)"', source))
     read |= {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"}  # read by LiveKit itself
     missing = read - set(env_example())
     assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+def test_the_image_carries_the_end_of_turn_model_with_or_without_the_offline_stack() -> None:
+    runs = [args for instruction, args in dockerfile() if instruction == "RUN"]
+    setup = next(r for r in runs if "worker setup" in r)
+    assert "worker setup --no-local" in setup, "the cloud image installs the end-of-turn model"
+    copies = [args for instruction, args in dockerfile() if instruction == "COPY"]
+    assert any("NOTICE" in c.split() for c in copies), "the model's licence notice ships"
 
 
 def test_the_image_can_carry_the_offline_stack() -> None:

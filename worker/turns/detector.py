@@ -106,9 +106,15 @@ class ModelRunner:
         self.model = model
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
 
-    async def probability(self, audio: np.ndarray) -> float:
+    async def probability(self, audio: np.ndarray) -> tuple[float, float]:
+        """The model's probability, and the seconds its worker thread spent computing it."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.model.probability, audio)
+        return await loop.run_in_executor(self._executor, self._timed, audio)
+
+    def _timed(self, audio: np.ndarray) -> tuple[float, float]:
+        started = time.perf_counter()
+        probability = self.model.probability(audio)
+        return probability, time.perf_counter() - started
 
 
 @dataclass
@@ -120,6 +126,7 @@ class Decision:
     """`mid-sentence` (the transcript), `model`, `timeout` or `error`."""
     probability: float
     model_seconds: float = 0.0
+    """The model's own computing time (features and inference), in its worker thread."""
 
 
 @dataclass
@@ -194,10 +201,9 @@ class EndOfTurnDetector:
             return self._decided(
                 Decision(probability >= THRESHOLD, "model", probability), transcript
             )
-        started = time.perf_counter()
         try:
             audio = self.tap.window(start, end)
-            probability = await asyncio.wait_for(
+            probability, seconds = await asyncio.wait_for(
                 self._runner.probability(audio), timeout or DECISION_TIMEOUT
             )
         except TimeoutError:
@@ -208,7 +214,6 @@ class EndOfTurnDetector:
                 logger.warning("end-of-turn model failed (%s): answering without it", exc)
                 self._warned = True
             return self._decided(Decision(True, "error", 1.0), transcript)
-        seconds = time.perf_counter() - started
         turn.cached[span] = probability
         decision = Decision(probability >= THRESHOLD, "model", probability, seconds)
         return self._decided(decision, transcript)

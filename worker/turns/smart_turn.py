@@ -144,13 +144,20 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
     if audio.dtype == np.int16:
         x = x / 32768.0
     x = x[-WINDOW:]
-    x = np.pad(x, (WINDOW - len(x), 0))
+    silence = WINDOW - len(x)
+    x = np.pad(x, (silence, 0))
     x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
     padded = np.pad(x.astype(np.float64), N_FFT // 2, mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
-    power = np.abs(np.fft.rfft(frames * _hann(), axis=-1)) ** 2
+    # the frames wholly inside the leading silence are one and the same: transform one of them
+    same = (silence - N_FFT // 2) // HOP + 1 if silence >= N_FFT // 2 else 0
+    distinct = frames[max(0, same - 1) :]
+    power = np.abs(np.fft.rfft(distinct * _hann(), axis=-1)) ** 2
     # einsum, not `@`: BLAS's own spinning threads would fight onnxruntime's (70 ms, not 33 ms)
-    mel = np.log10(np.maximum(np.einsum("fb,bm->fm", power, _mel_filters()), 1e-10))[:-1].T
+    mel = np.log10(np.maximum(np.einsum("fb,bm->fm", power, _mel_filters()), 1e-10))
+    if same > 1:
+        mel = np.concatenate([np.repeat(mel[:1], same - 1, axis=0), mel])
+    mel = mel[:-1].T
     mel = np.maximum(mel, mel.max() - 8.0)
     features: np.ndarray = ((mel + 4.0) / 4.0).astype(np.float32)
     return features
