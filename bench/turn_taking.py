@@ -1,6 +1,7 @@
 """Turn-taking side by side in one run: the worker's default (Smart Turn with its transcript guard
-and acknowledgement-aware barge-in), its previous default (a fixed 0.3 s silence) and LiveKit
-1.8.9's defaults (its local v1-mini turn detector, 0.5/3.0 s endpointing, 0.5 s barge-in).
+and acknowledgement-aware barge-in), its previous default (a fixed 0.3 s silence, barge-in after
+0.15 s) and LiveKit 1.8.9's defaults (its local v1-mini turn detector, 0.5/3.0 s endpointing,
+0.5 s barge-in).
 
     python -m bench.turn_taking [--rounds 1]
 
@@ -57,6 +58,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], VADSettings]] = {
             "turn_taking": {
                 "aec_warmup": 0,
                 "detection": "vad",
+                "interruption": {"min_duration": 0.15},
                 "acknowledgements": {"enabled": False},
             }
         },

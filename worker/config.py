@@ -146,8 +146,10 @@ class Endpointing(_Strict):
 
 class Interruption(_Strict):
     enabled: bool = True
-    min_duration: Annotated[float, Field(ge=0, le=5)] = 0.15
-    """Seconds of caller speech over the agent before it pauses (it resumes on a false alarm)."""
+    min_duration: Annotated[float, Field(gt=0, le=5)] = 0.09
+    """Seconds of caller speech over the agent before it pauses (it resumes on a false alarm).
+    Silero judges 32 ms windows: 0.09 pauses on the third window of speech (0.15 waits for the
+    fifth, 64 ms later); 0 would make LiveKit pause on every window, silence too."""
     min_words: Annotated[int, Field(ge=0, le=20)] = 0
     false_interruption_timeout: Annotated[float, Field(gt=0, le=10)] | None = 1.5
     """Seconds without a transcript after which a pause counts as a false interruption."""

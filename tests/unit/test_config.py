@@ -191,6 +191,11 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
         ),
         (
             "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {interruption: {min_duration: 0}}",
+            "turn_taking.interruption.min_duration: Input should be greater than 0",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
             "tts: [{provider: elevenlabs}]\nturn_taking: {endpointing: {mode: learned}}",
             "turn_taking.endpointing.mode: Input should be 'fixed' or 'dynamic'",
         ),

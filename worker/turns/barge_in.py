@@ -1,6 +1,6 @@
 """Acknowledgements over the agent's speech: "yeah", "uh huh", "okay" mean "go on".
 
-LiveKit pauses the agent at the caller's first sound (`interruption.min_duration`, ~0.15 s) and
+LiveKit pauses the agent at the caller's first sound (`interruption.min_duration`, 0.09 s) and
 makes the pause an interruption as soon as a final transcript arrives, which then becomes a
 user turn and gets an answer. `AcknowledgementFilter` sits between the STT and the session:
 
