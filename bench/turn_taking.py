@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from livekit.agents import vad
 
-from bench.latency import loud_windows
+from bench.latency import LIVEKIT_VAD, livekit_turn_taking, loud_windows
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, Reply
 from tests.harness import FakeCallHarness, Recording, is_type, make_agent
 from worker.config import AgentConfig
@@ -64,18 +64,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], VADSettings]] = {
         },
         VADSettings(),
     ),
-    "livekit_defaults": (
-        {
-            "turn_taking": {
-                "aec_warmup": 0,
-                "detection": "livekit",
-                "endpointing": {"min_delay": 0.5, "max_delay": 3.0},
-                "interruption": {"min_duration": 0.5, "false_interruption_timeout": 2.0},
-                "acknowledgements": {"enabled": False},
-            }
-        },
-        VADSettings(min_silence=0.55, min_speech=0.05, prefix_padding=0.5),
-    ),
+    "livekit_defaults": (livekit_turn_taking("livekit"), LIVEKIT_VAD),
 }
 
 

@@ -134,6 +134,9 @@ LocalEntry = LocalSTT | LocalLLM | LocalTTS
 ProviderEntry = CloudEntry | LocalEntry
 
 
+VOICE_MAX_DELAY = 1.5
+
+
 class Endpointing(_Strict):
     mode: Literal["fixed", "dynamic"] = "fixed"
     """`dynamic`: LiveKit learns `min_delay` from the caller's own pauses (up to `max_delay`)."""
@@ -142,6 +145,17 @@ class Endpointing(_Strict):
     max_delay: Annotated[float, Field(ge=0, le=10)] = 2.0
     """With a model (`smart_turn`, `livekit`): how long to wait for more speech when the turn
     sounds unfinished."""
+    voice_max_delay: Annotated[float, Field(ge=0, le=10)] | None = None
+    """With `smart_turn`, when the words make a whole sentence and only the voice sounds
+    unfinished: the model alone calls a third to a half of finished turns unfinished, so its
+    doubt waits this long (default 1.5 s, within `min_delay`..`max_delay`), not `max_delay`
+    (which the words' own doubt keeps)."""
+
+    def voice_ceiling(self) -> float:
+        """`voice_max_delay`, or its default kept between `min_delay` and `max_delay`."""
+        if self.voice_max_delay is not None:
+            return self.voice_max_delay
+        return max(self.min_delay, min(VOICE_MAX_DELAY, self.max_delay))
 
 
 class Interruption(_Strict):
@@ -212,8 +226,13 @@ class TurnTaking(_Strict):
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> TurnTaking:
-        if self.endpointing.max_delay < self.endpointing.min_delay:
+        delays = self.endpointing
+        if delays.max_delay < delays.min_delay:
             raise ValueError("endpointing.max_delay must be >= endpointing.min_delay")
+        if not delays.min_delay <= delays.voice_ceiling() <= delays.max_delay:
+            raise ValueError(
+                "endpointing.voice_max_delay must be between endpointing.min_delay and max_delay"
+            )
         return self
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.clips import BUNDLED_APOLOGY
-from worker.config import AgentConfig, ConfigError, load_agent_file, load_registry
+from worker.config import AgentConfig, ConfigError, Endpointing, load_agent_file, load_registry
 from worker.placeholders import placeholder_values, sanitize
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
@@ -118,6 +118,12 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
             "tts: [{provider: elevenlabs}]\n"
             "turn_taking: {endpointing: {min_delay: 2, max_delay: 1}}",
             "max_delay must be >= ",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\n"
+            "turn_taking: {endpointing: {max_delay: 2, voice_max_delay: 3}}",
+            "voice_max_delay must be between endpointing.min_delay and max_delay",
         ),
         (
             "tts: [{provider: elevenlabs}]",
@@ -371,3 +377,18 @@ def test_scalar_metadata_values_become_text_and_objects_are_ignored(
     values = placeholder_values(agent, metadata='{"n": 42, "flag": true, "obj": {"x": 1}}')
     assert values == {"n": "42", "flag": "true", "obj": "default"}
     assert "expected text, got dict" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("delays", "ceiling"),
+    [
+        ({}, 1.5),
+        ({"max_delay": 0.8}, 0.8),  # a shorter max_delay is never exceeded
+        ({"min_delay": 1.8, "max_delay": 3.0}, 1.8),  # nor a longer min_delay undercut
+        ({"voice_max_delay": 0.6}, 0.6),
+    ],
+)
+def test_the_voice_alone_waits_voice_max_delay_kept_within_the_delays(
+    delays: dict[str, float], ceiling: float
+) -> None:
+    assert Endpointing.model_validate(delays).voice_ceiling() == ceiling

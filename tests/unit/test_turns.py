@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -245,17 +246,24 @@ class FakeModel:
     def __init__(self, probability: float, *, delay: float = 0.0, fail: bool = False) -> None:
         self.value, self.delay, self.fail = probability, delay, fail
         self.heard: list[np.ndarray] = []
+        self.answered = threading.Event()
 
     def probability(self, audio: np.ndarray) -> float:
         self.heard.append(audio)
         time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("onnxruntime: bad input")
+        self.answered.set()
         return self.value
 
 
-def detector(model: FakeModel) -> EndOfTurnDetector:
-    return EndOfTurnDetector(ModelRunner(model), language="en", vad_silence=0.3)  # type: ignore[arg-type]
+def detector(model: FakeModel, voice_max_delay: float = 1.0) -> EndOfTurnDetector:
+    return EndOfTurnDetector(
+        ModelRunner(model),  # type: ignore[arg-type]
+        language="en",
+        vad_silence=0.3,
+        voice_max_delay=voice_max_delay,
+    )
 
 
 def said(text: str) -> llm.ChatContext:
@@ -295,6 +303,32 @@ async def test_otherwise_the_model_hears_the_turn_up_to_just_after_its_last_word
     await turns.predict_end_of_turn(said("It arrived broken. Yesterday."))
     assert len(model.heard) == 1, "a later transcript of the same speech reuses the verdict"
     assert turns.summary()["decisions"] == 2
+
+
+async def test_when_only_the_voice_doubts_the_wait_is_voice_max_delay_after_the_last_word() -> None:
+    turns = detector(FakeModel(0.1), voice_max_delay=0.6)
+    turns.tap.push(frame(1.0))
+    turns.caller_speaking(time.time() - 1.0)
+    turns.caller_silent(time.time())  # the words ended 0.3 s ago: 0.3 s more to wait
+    started = time.monotonic()
+    probability = await turns.predict_end_of_turn(said("I want a refund."))
+    assert time.monotonic() - started >= 0.25, "it waited for more speech"
+    assert probability >= await turns.unlikely_threshold(None), "then the turn is complete"
+    assert not turns.decisions[-1].complete, "counted as a wait in the call's summary"
+
+
+async def test_speech_during_the_voices_wait_cancels_it() -> None:
+    model = FakeModel(0.1)
+    turns = detector(model, voice_max_delay=10.0)
+    turns.tap.push(frame(1.0))
+    turns.caller_silent(time.time())
+    deciding = asyncio.create_task(turns.predict_end_of_turn(said("I want a refund.")))
+    assert await asyncio.to_thread(model.answered.wait, 10), "the model has answered"
+    await asyncio.sleep(0.1)
+    assert not deciding.done(), "the detector is waiting for more speech"
+    deciding.cancel()  # what LiveKit does when the VAD hears the caller again
+    with pytest.raises(asyncio.CancelledError):
+        await deciding
 
 
 async def test_the_tap_resamples_and_passes_audio_through() -> None:

@@ -48,7 +48,10 @@ class CallTurns:
         self.detector: EndOfTurnDetector | None = None
         if self._mode == "smart_turn" and runner is not None:
             self.detector = EndOfTurnDetector(
-                runner, language=agent.language, vad_silence=vad_silence
+                runner,
+                language=agent.language,
+                vad_silence=vad_silence,
+                voice_max_delay=agent.turn_taking.endpointing.voice_ceiling(),
             )
         elif self._mode == "smart_turn":
             logger.warning("no end-of-turn model in this process: ending turns on silence (vad)")

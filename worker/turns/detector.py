@@ -9,6 +9,12 @@ and has a transcript (again at each later final transcript); a probability below
   like to change my") is unfinished, however final the voice sounds;
 - otherwise Smart Turn hears the turn's audio (from its first word to 200 ms after its last, as
   the model was trained) and judges from the voice whether the caller is done.
+
+The two doubts are not worth the same wait. The words' doubt is nearly always right, and waits
+`max_delay`. The voice's alone is wrong on a third to a half of finished turns (synthetic voices,
+telephone audio): the detector then waits for more speech itself, up to `voice_max_delay` after
+the last word, and calls the turn complete if none came (speech cancels the wait: LiveKit cancels
+the decision when the caller speaks again).
 """
 
 from __future__ import annotations
@@ -139,12 +145,15 @@ class _Turn:
 class EndOfTurnDetector:
     """LiveKit's turn-detector protocol (`predict_end_of_turn`), for one call."""
 
-    def __init__(self, runner: ModelRunner, *, language: str, vad_silence: float) -> None:
+    def __init__(
+        self, runner: ModelRunner, *, language: str, vad_silence: float, voice_max_delay: float
+    ) -> None:
         self.tap = AudioTap()
         self.decisions: list[Decision] = []
         self._runner = runner
         self._language = language
         self._vad_silence = vad_silence
+        self._voice_max_delay = voice_max_delay
         self._turn = _Turn()
         self._warned = False
 
@@ -196,33 +205,41 @@ class EndOfTurnDetector:
         if turn.started_at is not None:
             start = max(start, turn.started_at - PRE_SPEECH)
         span = (round(start, 3), round(end, 3))
+        seconds = 0.0
         if span in turn.cached:  # a later transcript of the same speech: the voice is the same
             probability = turn.cached[span]
-            return self._decided(
-                Decision(probability >= THRESHOLD, "model", probability), transcript
-            )
-        try:
-            audio = self.tap.window(start, end)
-            probability, seconds = await asyncio.wait_for(
-                self._runner.probability(audio), timeout or DECISION_TIMEOUT
-            )
-        except TimeoutError:
-            logger.warning("end-of-turn model took over %ss: answering", DECISION_TIMEOUT)
-            return self._decided(Decision(True, "timeout", 1.0), transcript)
-        except Exception as exc:
-            if not self._warned:
-                logger.warning("end-of-turn model failed (%s): answering without it", exc)
-                self._warned = True
-            return self._decided(Decision(True, "error", 1.0), transcript)
-        turn.cached[span] = probability
+        else:
+            try:
+                audio = self.tap.window(start, end)
+                probability, seconds = await asyncio.wait_for(
+                    self._runner.probability(audio), timeout or DECISION_TIMEOUT
+                )
+            except TimeoutError:
+                logger.warning("end-of-turn model took over %ss: answering", DECISION_TIMEOUT)
+                return self._decided(Decision(True, "timeout", 1.0), transcript)
+            except Exception as exc:
+                if not self._warned:
+                    logger.warning("end-of-turn model failed (%s): answering without it", exc)
+                    self._warned = True
+                return self._decided(Decision(True, "error", 1.0), transcript)
+            turn.cached[span] = probability
         decision = Decision(probability >= THRESHOLD, "model", probability, seconds)
-        return self._decided(decision, transcript)
+        self._decided(decision, transcript)
+        if not decision.complete:
+            # only the voice doubts: wait here, up to voice_max_delay after the last word
+            spoken_until = now if turn.speech_ended_at is None else turn.speech_ended_at
+            await asyncio.sleep(max(0.0, spoken_until + self._voice_max_delay - time.time()))
+            return 1.0
+        return probability
 
     def _decided(self, decision: Decision, transcript: str) -> float:
         self.decisions.append(decision)
         logger.debug(
             "end of turn: %s (%s, p=%.2f, %.0f ms) after %r",
-            "complete" if decision.complete else "waiting for more",
+            "complete"
+            if decision.complete
+            else "waiting for more"
+            + (f", up to {self._voice_max_delay}s" if decision.reason == "model" else ""),
             decision.reason,
             decision.probability,
             decision.model_seconds * 1000,
