@@ -19,6 +19,7 @@ from tests.harness import make_agent
 from worker.config import AgentRegistry
 from worker.model_files import LocalModelError, mark_verified
 from worker.providers import resolve
+from worker.turns import detector as detector_module
 from worker.turns import smart_turn
 from worker.turns.barge_in import AcknowledgementFilter, resume_paused_speech
 from worker.turns.detector import AudioTap, EndOfTurnDetector, ModelRunner
@@ -295,6 +296,7 @@ async def test_otherwise_the_model_hears_the_turn_up_to_just_after_its_last_word
         turns.tap.push(frame(0.1), at=now - 2.9 + i * 0.1)
     turns.caller_speaking(now - 2.5)
     turns.caller_silent(now)  # the VAD's end of speech: the words ended 0.3 s ago
+    turns.stt_accounted(now - 0.3, words=True)  # the transcript of them
     probability = await turns.predict_end_of_turn(said("It arrived broken."))
     assert probability == 0.8
     (heard,) = model.heard
@@ -310,6 +312,7 @@ async def test_when_only_the_voice_doubts_the_wait_is_voice_max_delay_after_the_
     turns.tap.push(frame(1.0))
     turns.caller_speaking(time.time() - 1.0)
     turns.caller_silent(time.time())  # the words ended 0.3 s ago: 0.3 s more to wait
+    turns.stt_accounted(time.time() - 0.3, words=True)
     started = time.monotonic()
     probability = await turns.predict_end_of_turn(said("I want a refund."))
     assert time.monotonic() - started >= 0.25, "it waited for more speech"
@@ -329,6 +332,64 @@ async def test_speech_during_the_voices_wait_cancels_it() -> None:
     deciding.cancel()  # what LiveKit does when the VAD hears the caller again
     with pytest.raises(asyncio.CancelledError):
         await deciding
+
+
+async def test_words_the_stt_still_owes_are_waited_for_not_judged_without() -> None:
+    """The caller resumed after a pause before the first half's transcript came (Whisper takes
+    about a second): deciding on "check on my" alone split the sentence."""
+    model = FakeModel(0.99)
+    turns = detector(model)
+    now = time.time()
+    turns.tap.push(frame(3.0))
+    turns.caller_speaking(now - 3.0)  # "Hi, I would like to check on my"
+    turns.caller_silent(now - 1.7)
+    turns.caller_speaking(now - 1.2)  # "order, please."
+    turns.caller_silent(now)
+    turns.stt_accounted(now - 2.0, words=True)  # only the first half is transcribed
+    deciding = asyncio.create_task(
+        turns.predict_end_of_turn(said("I would like to check on mine."))
+    )
+    await asyncio.sleep(0.2)
+    assert not deciding.done()
+    assert model.heard == [], "no decision on half the words"
+    turns.stt_accounted(now - 0.3, words=True)  # the second half arrives ...
+    await asyncio.sleep(0.2)
+    assert not deciding.done()
+    assert model.heard == [], "... and the session asks again with it"
+    deciding.cancel()  # what LiveKit does with the new transcript
+    with pytest.raises(asyncio.CancelledError):
+        await deciding
+    assert await turns.predict_end_of_turn(said("... mine. Order, please.")) == 0.99
+
+
+async def test_speech_the_stt_found_no_words_in_holds_nothing() -> None:
+    model = FakeModel(0.99)
+    turns = detector(model)
+    now = time.time()
+    turns.tap.push(frame(3.0))
+    turns.caller_speaking(now - 3.0)
+    turns.caller_silent(now - 1.7)
+    turns.stt_accounted(now - 2.0, words=True)
+    turns.caller_speaking(now - 1.0)  # a cough
+    turns.caller_silent(now)
+    deciding = asyncio.create_task(turns.predict_end_of_turn(said("It arrived broken.")))
+    await asyncio.sleep(0.1)
+    assert not deciding.done()
+    turns.stt_accounted(now, words=False)  # Whisper heard the cough: no words
+    assert await asyncio.wait_for(deciding, 5) == 0.99
+
+
+async def test_a_transcript_that_never_comes_is_waited_for_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(detector_module, "TRANSCRIPT_WAIT", 0.5)
+    model = FakeModel(0.99)
+    turns = detector(model)
+    turns.tap.push(frame(1.0))
+    turns.caller_speaking(time.time() - 1.0)
+    turns.caller_silent(time.time())  # the words ended 0.3 s ago, none transcribed
+    assert await asyncio.wait_for(turns.predict_end_of_turn(said("Hello.")), 5) == 0.99
+    assert len(model.heard) == 1, "judged on what it has"
 
 
 async def test_the_tap_resamples_and_passes_audio_through() -> None:

@@ -3,6 +3,8 @@ the session's events and to the agent's STT node."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, ModelSettings, inference, stt
 from livekit.agents.llm import ChatMessage
+from livekit.agents.metrics import STTMetrics
 from livekit.agents.voice import events as lk_events
 from livekit.agents.voice.turn import TurnDetectionMode
 
@@ -20,6 +23,9 @@ from worker.turns.detector import EndOfTurnDetector, ModelRunner
 
 logger = logging.getLogger("worker.turns")
 
+
+NO_WORDS_GRACE = 0.2
+"""After a recognition finished, how long its transcript may take to reach the session."""
 
 LIVEKIT_MIN_SILENCE = 0.25
 """LiveKit's turn detector refuses a VAD that reports silence sooner (200 ms + 50 ms)."""
@@ -72,6 +78,8 @@ class CallTurns:
 
     def attach(self, session: AgentSession[Any]) -> None:
         self._session = session
+        if self.detector is not None and session.stt is not None:
+            session.stt.on("metrics_collected", self._on_stt_metrics)
         session.on("agent_state_changed", self._on_agent_state)
         session.on("user_state_changed", self._on_user_state)
         session.on("conversation_item_added", self._on_item_added)
@@ -86,6 +94,9 @@ class CallTurns:
         async for event in events:
             if not isinstance(event, stt.SpeechEvent):
                 continue
+            if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT and self.detector is not None:
+                # before the acknowledgement filter: a swallowed "yeah" was still heard
+                self.detector.stt_accounted(event.speech_end_time or event.created_at, words=True)
             for passed in self.barge_in.process(event) if self.barge_in else (event,):
                 yield passed
 
@@ -100,6 +111,16 @@ class CallTurns:
 
     def _resume(self) -> bool:
         return self._session is not None and resume_paused_speech(self._session)
+
+    def _on_stt_metrics(self, metrics: object) -> None:
+        """A recognition of one segment (Whisper behind the VAD) finished, words or none: it
+        covered speech up to when it started. Its transcript, if any, is on its way through the
+        STT node and restarts the decision; the grace keeps the wait from ending before it."""
+        if isinstance(metrics, STTMetrics) and not metrics.streamed and self.detector:
+            covered = metrics.timestamp - metrics.duration
+            asyncio.get_running_loop().call_later(
+                NO_WORDS_GRACE, functools.partial(self.detector.stt_accounted, covered, words=False)
+            )
 
     def _on_agent_state(self, ev: lk_events.AgentStateChangedEvent) -> None:
         if self.barge_in is not None:

@@ -15,11 +15,18 @@ The two doubts are not worth the same wait. The words' doubt is nearly always ri
 telephone audio): the detector then waits for more speech itself, up to `voice_max_delay` after
 the last word, and calls the turn complete if none came (speech cancels the wait: LiveKit cancels
 the decision when the caller speaks again).
+
+Neither signal is asked while the STT still owes the words of the caller's latest speech (a
+caller who resumed before the transcript of the first half arrived; local Whisper takes about a
+second per segment on 2 cores): judging the first half alone split the sentence. The detector
+waits for that transcript (its arrival restarts the decision), at most `TRANSCRIPT_WAIT` after
+the last word, or until the STT reports it recognized the speech and found no words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -43,6 +50,9 @@ PRE_SPEECH = 0.5
 DECISION_TIMEOUT = 1.0
 """A decision the model has not made by then counts as "complete": never a stuck turn."""
 KEEP_AUDIO = WINDOW / RATE + 2.0
+TRANSCRIPT_WAIT = 3.0
+"""The longest wait, after the last word, for a transcript the STT still owes: then the turn is
+judged on the words it has."""
 
 
 class AudioTap:
@@ -138,6 +148,8 @@ class Decision:
 @dataclass
 class _Turn:
     started_at: float | None = None
+    resumed_at: float | None = None
+    """When the caller's latest stretch of speech began."""
     speech_ended_at: float | None = None
     cached: dict[tuple[float, float], float] = field(default_factory=dict)
 
@@ -156,6 +168,9 @@ class EndOfTurnDetector:
         self._voice_max_delay = voice_max_delay
         self._turn = _Turn()
         self._warned = False
+        self._heard_until = 0.0
+        self._heard_words = False
+        self._heard = asyncio.Event()
 
     @property
     def model(self) -> str:
@@ -176,11 +191,20 @@ class EndOfTurnDetector:
     def caller_speaking(self, at: float) -> None:
         if self._turn.started_at is None:
             self._turn.started_at = at
+        self._turn.resumed_at = at
         self._turn.speech_ended_at = None
 
     def caller_silent(self, at: float) -> None:
         """The VAD's end of speech, reported `vad_silence` after the last word."""
         self._turn.speech_ended_at = at - self._vad_silence
+
+    def stt_accounted(self, until: float, *, words: bool) -> None:
+        """The STT has answered for the caller's speech up to `until`: a final transcript's end
+        of speech (`words`), or the start of a recognition that found none."""
+        if until > self._heard_until:
+            self._heard_until = until
+            self._heard_words = words
+            self._heard.set()
 
     def turn_over(self) -> None:
         """The turn was answered (or the agent took the floor): the next words start a new one."""
@@ -192,6 +216,7 @@ class EndOfTurnDetector:
         self, chat_ctx: llm.ChatContext, *, timeout: float | None = None
     ) -> float:
         transcript = _last_user_text(chat_ctx)
+        await self._await_owed_transcript(transcript)
         if ends_mid_sentence(transcript, self._language):
             return self._decided(Decision(False, "mid-sentence", 0.0), transcript)
         now = time.time()
@@ -231,6 +256,33 @@ class EndOfTurnDetector:
             await asyncio.sleep(max(0.0, spoken_until + self._voice_max_delay - time.time()))
             return 1.0
         return probability
+
+    async def _await_owed_transcript(self, transcript: str) -> None:
+        """Return once the STT has answered for the caller's latest speech, or at the ceiling."""
+        turn = self._turn
+        if turn.speech_ended_at is None or turn.resumed_at is None:
+            return
+        deadline = turn.speech_ended_at + TRANSCRIPT_WAIT
+        owed = False
+        while turn.resumed_at > self._heard_until:
+            if (left := deadline - time.time()) <= 0:
+                logger.info(
+                    "end of turn: no transcript of the caller's last words %ss after them: "
+                    "judging on %r",
+                    TRANSCRIPT_WAIT,
+                    transcript[-60:],
+                )
+                return
+            if not owed:
+                logger.debug("end of turn: waiting for the words after %r", transcript[-60:])
+                owed = True
+            self._heard.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heard.wait(), left)
+        if owed and self._heard_words:
+            # the words are on their way to the session, whose next decision includes them and
+            # cancels this one; this decision, on the words without them, is never made
+            await asyncio.sleep(max(0.0, deadline - time.time()))
 
     def _decided(self, decision: Decision, transcript: str) -> float:
         self.decisions.append(decision)
