@@ -13,5 +13,7 @@ async def test_one_benchmark_call_with_the_worker_defaults_yields_measurements()
     result = await one_call(VARIANTS["optimized"])
     assert len(result["answer_ms"]) == 3, "one answer per caller turn"
     assert len(result["stop_ms"]) == 2, "two barge-ins"
-    assert all(value > 0 for value in result["answer_ms"] + result["stop_ms"])
+    # a sample is 0 when the moment it times was already past (on a loaded machine a barge-in
+    # can land before the agent is audible): a measurement, never a speed to assert
+    assert all(value >= 0 for value in result["answer_ms"] + result["stop_ms"])
     assert result["stt_ms"], "LiveKit reported the transcription delay of each turn"
