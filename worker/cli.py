@@ -54,6 +54,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _logging(level: str, *, secrets: list[str] | None = None) -> None:
+    """Logs to stderr through the secret redactor: the same for every command that logs."""
+    from .logs import install_redaction
+
+    if level.upper() not in logging.getLevelNamesMapping():
+        fail(f"--log-level {level!r}: use debug, info, warning, error or critical")
+    logging.basicConfig(
+        stream=sys.stderr, level=level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    install_redaction(extra=secrets)
+
+
+def _writable(path: Path | None, option: str) -> None:
+    """Fail before the call if `path` cannot be written (not after the whole call has run)."""
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        fail(f"{option} {path}: the directory {path.parent} does not exist")
+    if path.is_dir():
+        fail(f"{option} {path}: is a directory")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        fail(f"{option} {path}: not writable")
+
+
 def _settings() -> WorkerSettings:
     try:
         return WorkerSettings.from_env()
@@ -155,7 +179,6 @@ def api(
     import uvicorn
 
     from .api_auth import ApiKeyError, ApiKeys
-    from .logs import install_redaction
     from .session_api import create_app
     from .sessions import SessionService
     from .settings import ApiSettings
@@ -174,10 +197,7 @@ def api(
     service = SessionService(
         registry, settings, os.environ["LIVEKIT_API_KEY"], os.environ["LIVEKIT_API_SECRET"]
     )
-    logging.basicConfig(
-        stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    install_redaction(extra=keys.secrets())
+    _logging(log_level, secrets=keys.secrets())
     uvicorn.run(
         create_app(service, keys, settings.rate_limit),
         host=host or settings.host,
@@ -239,9 +259,9 @@ def simulate(
     from .audio_files import AudioFileError, read_wav, write_wav
     from .simulate import events_only_stdout, simulate_call
 
-    logging.basicConfig(
-        stream=sys.stderr, level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    _logging(log_level)
+    _writable(audio_out, "--audio-out")
+    _writable(events_out, "--events-out")
     settings = _settings()
     try:
         chosen = _registry(settings).get(agent)
@@ -250,10 +270,12 @@ def simulate(
         fail(str(exc))
     (config,) = _resolved(AgentRegistry([chosen]), command="simulate").registry
     if metadata:
+        from .untrusted import MAX_METADATA_BYTES, UntrustedJSONError, loads_bounded
+
         try:
-            if not isinstance(json.loads(metadata), dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
+            if not isinstance(loads_bounded(metadata, max_bytes=MAX_METADATA_BYTES), dict):
+                raise UntrustedJSONError("not an object")
+        except UntrustedJSONError as exc:
             fail(f"--metadata must be a JSON object ({exc})")
     one_agent = AgentRegistry([config])
     with local_models(one_agent) as llm_url, events_only_stdout() as stdout:

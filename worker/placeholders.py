@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 
 from .config import PLACEHOLDER_MAX_LEN, AgentConfig
+from .untrusted import MAX_METADATA_BYTES, UntrustedJSONError, loads_bounded
 
 logger = logging.getLogger("worker.placeholders")
 
@@ -30,9 +31,9 @@ def parse_metadata(metadata: str, *, where: str) -> dict[str, object]:
     if not metadata.strip():
         return {}
     try:
-        parsed = json.loads(metadata)
-    except ValueError as exc:
-        logger.warning("ignoring %s: not JSON (%s)", where, exc)
+        parsed = loads_bounded(metadata, max_bytes=MAX_METADATA_BYTES)
+    except UntrustedJSONError as exc:
+        logger.warning("ignoring %s: %s", where, exc)
         return {}
     if not isinstance(parsed, dict):
         logger.warning("ignoring %s: expected a JSON object, got %s", where, type(parsed).__name__)

@@ -15,9 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from .untrusted import UntrustedJSONError, loads_bounded
+
 TOPIC = "voice-agent"
 """The topic of every event we send, and of control messages (which are also accepted on "")."""
 MAX_PACKET_BYTES = 15 * 1024
+CONTROL_MAX_DEPTH = 4
+"""A control message is one flat object."""
 """LiveKit's documented limit for one reliable data packet."""
 
 Role = Literal["user", "agent"]
@@ -53,9 +57,9 @@ def parse_control(data: bytes) -> Control:
     if len(data) > MAX_PACKET_BYTES:
         raise ControlError(f"oversized message ({len(data)} bytes > {MAX_PACKET_BYTES})")
     try:
-        message = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ControlError("not UTF-8 JSON") from None
+        message = loads_bounded(data, max_bytes=MAX_PACKET_BYTES, max_depth=CONTROL_MAX_DEPTH)
+    except UntrustedJSONError as exc:
+        raise ControlError(f"not acceptable JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ControlError(f"expected a JSON object, got {type(message).__name__}")
     if "type" in message:

@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,11 @@ GREETING = "Hi there, this is Ava from Acme support. How can I help you today?"
 
 
 def simulate(
-    recording: str, tmp_path: Path, *options: str, env: dict[str, str] | None = None
+    recording: str,
+    tmp_path: Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+    ok: bool = True,
 ) -> tuple[list[dict[str, object]], Path, str]:
     clean = {k: v for k, v in os.environ.items() if k not in KEYS}
     out = tmp_path / "agent.wav"
@@ -43,7 +49,7 @@ def simulate(
         timeout=280,
         check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode == 0) is ok, result.stderr[-3000:]
     events = [json.loads(line) for line in result.stdout.splitlines()]  # stdout: events only
     saved = (tmp_path / "events.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in saved] == events
@@ -164,3 +170,46 @@ def test_acknowledgements_over_the_agent_are_talked_through(tmp_path: Path) -> N
         )
     assert stderr.count("caller acknowledgement") == 3, stderr[-2000:]
     assert len(said(events, "agent")) >= 2, "the question was answered"
+
+
+class EchoingGateway(BaseHTTPRequestHandler):
+    """An OpenAI-compatible gateway that rejects the key and echoes it in its 401 body (some
+    proxies do): whatever logs the error must not print it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps(
+            {"error": {"message": f"invalid key: {self.headers.get('Authorization')}"}}
+        ).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(300)
+def test_simulate_masks_a_key_the_provider_echoes(tmp_path: Path) -> None:
+    key = "sk-proj-echoed-7c1e9a4b2d8f6e03"
+    gateway = ThreadingHTTPServer(("127.0.0.1", 0), EchoingGateway)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    try:
+        _, _, stderr = simulate(
+            "caller_basic",
+            tmp_path,
+            "--log-level",
+            "DEBUG",
+            env={
+                "OPENAI_API_KEY": key,
+                "OPENAI_BASE_URL": f"http://127.0.0.1:{gateway.server_port}/v1",
+            },
+            ok=False,  # the LLM refused: the call ends in error
+        )
+    finally:
+        gateway.shutdown()
+    assert "invalid key: Bearer [redacted]" in stderr, "the gateway's answer was logged, masked"
+    assert key not in stderr
+    assert key not in (tmp_path / "events.jsonl").read_text()

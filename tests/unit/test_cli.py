@@ -138,6 +138,23 @@ def test_a_dotenv_file_is_loaded_but_the_environment_wins(tmp_path: Path) -> Non
             ["--agent", "5b710eca", "--audio", "call.wav", "--metadata", "[1]"],
             "--metadata must be a JSON object",
         ),
+        (
+            ["--agent", "5b710eca", "--audio", "call.wav", "--metadata", "[" * 2000],
+            "nested 2000 levels deep",
+        ),
+        (
+            ["--agent", "5b710eca", "--audio", "call.wav", "--metadata", '{"a":"' + "x" * 70000],
+            "more than 65536",
+        ),
+        (["--agent", "5b710eca", "--audio", "call.wav", "--log-level", "BOGUS"], "--log-level"),
+        (
+            ["--agent", "5b710eca", "--audio", "call.wav", "--audio-out", "no/such/dir/a.wav"],
+            "--audio-out no/such/dir/a.wav: the directory no/such/dir does not exist",
+        ),
+        (
+            ["--agent", "5b710eca", "--audio", "call.wav", "--events-out", "nodir/e.jsonl"],
+            "--events-out nodir/e.jsonl: the directory nodir does not exist",
+        ),
     ],
 )
 def test_simulate_rejects_bad_input_in_one_line(
@@ -151,6 +168,7 @@ def test_simulate_rejects_bad_input_in_one_line(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1
     assert message in errors[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_agents_show_their_turn_taking_and_the_fallback_without_the_model(tmp_path: Path) -> None:

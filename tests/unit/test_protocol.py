@@ -111,9 +111,9 @@ def test_control_messages(data: bytes, control: Control) -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"", "not UTF-8 JSON"),
-        (b"end_call", "not UTF-8 JSON"),
-        (b"\xc3\x28", "not UTF-8 JSON"),
+        (b"", "not acceptable JSON"),
+        (b"end_call", "not acceptable JSON"),
+        (b"\xc3\x28", "not acceptable JSON"),
         (b"[]", "expected a JSON object, got list"),
         (b"42", "expected a JSON object, got int"),
         (b'{"type": null}', "'type' must be a string"),
