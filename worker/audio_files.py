@@ -1,4 +1,7 @@
-"""WAV files in and out: caller recordings for `simulate`, pre-rendered agent clips."""
+"""WAV files in and out: caller recordings for `simulate`, pre-rendered agent clips.
+
+No LiveKit here: agent files check their clips with it, and `route` / `agents` load agent files.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+BUNDLED_APOLOGY = Path(__file__).resolve().parent / "assets" / "error_goodbye.wav"
+"""The default `error_goodbye` line in the bundled Piper voice (see `clips.py`)."""
+MAX_CLIP_SECONDS = 15.0
 
 
 class AudioFileError(ValueError):
@@ -41,6 +48,13 @@ def read_wav(path: Path) -> Audio:
     if not len(samples):
         raise AudioFileError(f"{path}: the file holds no audio")
     return Audio(samples, rate)
+
+
+def check_clip(path: Path) -> None:
+    """Raise `AudioFileError` unless `path` is a usable clip (called at worker start)."""
+    audio = read_wav(path)
+    if audio.duration > MAX_CLIP_SECONDS:
+        raise AudioFileError(f"{path}: {audio.duration:.1f}s long; a clip is at most 15s")
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:

@@ -18,21 +18,11 @@ from livekit import rtc
 from livekit.agents import tts
 from livekit.agents.utils import http_context
 
-from .audio_files import Audio, AudioFileError, read_wav
+from .audio_files import Audio, read_wav
 
-BUNDLED_APOLOGY = Path(__file__).resolve().parent / "assets" / "error_goodbye.wav"
-"""The default `error_goodbye` line in the bundled Piper voice, at `CLIP_RATE`."""
 CLIP_RATE = 24000
 """The room output rate: clips are resampled to it once, when loaded."""
-MAX_CLIP_SECONDS = 15.0
 FRAME_SECONDS = 0.02
-
-
-def check_clip(path: Path) -> None:
-    """Raise `AudioFileError` unless `path` is a usable clip (called at worker start)."""
-    audio = read_wav(path)
-    if audio.duration > MAX_CLIP_SECONDS:
-        raise AudioFileError(f"{path}: {audio.duration:.1f}s long; a clip is at most 15s")
 
 
 @functools.cache

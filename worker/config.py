@@ -31,8 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from .audio_files import AudioFileError
-from .clips import BUNDLED_APOLOGY, check_clip
+from .audio_files import BUNDLED_APOLOGY, AudioFileError, check_clip
 from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
 from .turns import phrases
 

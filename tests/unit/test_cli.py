@@ -188,3 +188,27 @@ def test_agents_show_their_turn_taking_and_the_fallback_without_the_model(tmp_pa
         and line.endswith("(vad) instead")
         for line in notes
     ), notes
+
+
+@pytest.mark.parametrize("args", [["route", "agent_5b710eca_user_123_1705312800000"], ["--help"]])
+def test_route_and_help_stay_fast_without_importing_livekit(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """LiveKit Agents takes seconds to import; `route` once took 6-8 s through clips.py."""
+    probe = (
+        "import sys\nfrom worker.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as exit:\n    assert not exit.code\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('livekit'))\n"
+        "print('LOADED', loaded, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stderr, result.stderr[-500:]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.clips import BUNDLED_APOLOGY
+from worker.audio_files import BUNDLED_APOLOGY
 from worker.config import AgentConfig, ConfigError, Endpointing, load_agent_file, load_registry
 from worker.placeholders import placeholder_values, sanitize
 
