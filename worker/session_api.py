@@ -161,7 +161,8 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
                 user_id=body.user_id,
                 context=body.context,
                 max_duration=body.max_duration,
-            )
+            ),
+            owner=key,
         )
         logger.info("%s started session %s", key, session.session_id)
         return VoiceSession(
@@ -181,7 +182,7 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
         responses={
             **ERRORS,
             400: {"model": Error, "description": "Not a session's room name."},
-            404: {"model": Error, "description": "No such session (room)."},
+            404: {"model": Error, "description": "No such session, or not this key's."},
             503: {"model": Error, "description": "LiveKit unreachable."},
         },
     )
@@ -189,8 +190,9 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
         room_name: Annotated[str, Path(pattern=ROOM_NAME_PATTERN)],
         key: Annotated[str, Depends(authorized)],
     ) -> Response:
-        """End the call: the room is deleted, the agent and the caller are disconnected."""
-        await service.end(room_name)
+        """End the call: the room is deleted, the agent and the caller are disconnected. Only
+        the API key that created the session may end it (404 for any other)."""
+        await service.end(room_name, owner=key)
         logger.info("%s ended the session in %s", key, room_name)
         return Response(status_code=204)
 

@@ -25,9 +25,13 @@ from .config import AgentConfig, AgentRegistry
 from .dispatch import encode_metadata
 from .routing import RoomName, RoutingError, format_room, parse_room
 from .settings import ApiSettings
+from .untrusted import UntrustedJSONError, loads_bounded
 
 logger = logging.getLogger("worker.sessions")
 
+OWNER_KEY = "session_api_key"
+"""The room metadata's field naming the API key (its fingerprint) that created the session: only
+that key may end it."""
 CONTEXT_MAX_BYTES = 4096
 """The caller context, as JSON: it travels in the dispatch metadata and fills placeholders."""
 _POLL_S = 0.1
@@ -131,7 +135,8 @@ class SessionService:
             raise SessionError(str(exc)) from None
         return agent, room, metadata
 
-    async def create(self, request: SessionRequest) -> Session:
+    async def create(self, request: SessionRequest, *, owner: str) -> Session:
+        """The session, its room marked as `owner`'s (an API key's fingerprint)."""
         agent, room, metadata = self.validate(request)
         name = format_room(room)
         settings = self.settings
@@ -141,6 +146,7 @@ class SessionService:
                     name=name,
                     empty_timeout=settings.empty_timeout,
                     max_participants=settings.max_participants,
+                    metadata=json.dumps({OWNER_KEY: owner}),
                 )
             )
         try:
@@ -195,15 +201,17 @@ class SessionService:
             expires_at=expires_at,
         )
 
-    async def end(self, room_name: str) -> None:
-        """End a session's call: its room is deleted, so the agent says nothing more and leaves."""
+    async def end(self, room_name: str, *, owner: str) -> None:
+        """End a session's call: its room is deleted, so the agent says nothing more and leaves.
+        Only the key that created it may: to any other, and for rooms the API never created,
+        there is no such session."""
         try:
             parse_room(room_name)
         except RoutingError as exc:
             raise SessionError(str(exc)) from None
         async with _livekit("end the session"):
             found = await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=[room_name]))
-            if not found.rooms:
+            if not found.rooms or _owner(found.rooms[0].metadata) != owner:
                 raise SessionNotFoundError(f"no session in room {room_name!r}")
             await self.lkapi.room.delete_room(api.DeleteRoomRequest(room=room_name))
         logger.info("session in room %s ended by the API", room_name)
@@ -231,6 +239,16 @@ class SessionService:
                 await self.lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
         except LiveKitUnavailableError:
             logger.warning("could not delete room %s, which no worker took", room)
+
+
+def _owner(metadata: str) -> str | None:
+    """The creating key's fingerprint from a room's metadata (None if not the API's room)."""
+    try:
+        fields = loads_bounded(metadata, max_bytes=CONTEXT_MAX_BYTES)
+    except UntrustedJSONError:
+        return None
+    owner = fields.get(OWNER_KEY) if isinstance(fields, dict) else None
+    return owner if isinstance(owner, str) else None
 
 
 @asynccontextmanager

@@ -205,6 +205,29 @@ async def test_deleting_a_session_deletes_its_room(
     assert room in again.json()["detail"]
 
 
+async def test_only_the_key_that_created_a_session_can_end_it(
+    livekit: LiveKit, worker: HandWorker, client: httpx.AsyncClient
+) -> None:
+    created = await client.post("/v1/voice-sessions", json={"agent_id": "5b710eca"}, headers=auth())
+    room = created.json()["room_name"]
+    other = await client.delete(f"/v1/voice-sessions/{room}", headers=auth(OTHER_KEY))
+    assert other.status_code == 404, "another key's session does not exist for this one"
+    assert room in livekit.server.rooms
+    assert (await client.delete(f"/v1/voice-sessions/{room}", headers=auth())).status_code == 204
+
+
+async def test_a_matching_room_the_api_never_created_is_no_session(
+    livekit: LiveKit, client: httpx.AsyncClient
+) -> None:
+    room = f"agent_{SUPPORT_ID[:8]}_mallory_1705312800000"
+    await livekit.server.create_room(room)
+    await livekit.server.create_room(room + "1", metadata='{"session_api_key": [[[[')
+    for name in (room, room + "1"):
+        response = await client.delete(f"/v1/voice-sessions/{name}", headers=auth())
+        assert response.status_code == 404
+        assert name in livekit.server.rooms
+
+
 async def test_deleting_a_room_that_is_no_session_is_refused(
     livekit: LiveKit, client: httpx.AsyncClient
 ) -> None:
