@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from .api_auth import ApiKeys, RateLimiter
+from .api_guard import RequestGuard
 from .config import MAX_CALL_SECONDS, MIN_CALL_SECONDS
 from .routing import (
     AGENT_ID_RE,
@@ -95,6 +96,7 @@ class Health(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "No API key, or an unknown one."},
+    413: {"model": Error, "description": "A request body over 8 KB."},
     429: {"model": Error, "description": "Too many requests with this key."},
 }
 
@@ -114,6 +116,9 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
         summary="Start a call with a voice agent: a LiveKit room, a caller token, a dispatched "
         "agent.",
         lifespan=lifespan,
+    )
+    app.add_middleware(
+        RequestGuard, keys=keys, failures_per_minute=service.settings.failed_auth_limit
     )
     if service.settings.cors_origins:
         app.add_middleware(

@@ -113,6 +113,8 @@ class ApiSettings:
     max_participants: int = 3
     """The caller, the agent and one rejoin of the caller's."""
     rate_limit: int = 60
+    failed_auth_limit: int = 30
+    """Requests with a missing or unknown key one client address may send a minute."""
     """Session requests per minute per API key."""
     cors_origins: tuple[str, ...] = ()
     dispatch_wait: float = 5.0
@@ -139,6 +141,9 @@ class ApiSettings:
                 "WORKER_API_MAX_PARTICIPANTS", defaults.max_participants, minimum=2
             ),
             rate_limit=reader.integer("WORKER_API_RATE_LIMIT", defaults.rate_limit, minimum=1),
+            failed_auth_limit=reader.integer(
+                "WORKER_API_FAILED_AUTH_LIMIT", defaults.failed_auth_limit, minimum=1
+            ),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
             dispatch_wait=reader.number("WORKER_API_DISPATCH_WAIT", defaults.dispatch_wait),
         )

@@ -35,14 +35,16 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # a rate limit no run reaches: the limiter has its own test
     with (
         livekit_in_thread() as livekit,
-        api_process(livekit, log, WORKER_API_RATE_LIMIT="100000") as url,
+        api_process(
+            livekit, log, WORKER_API_RATE_LIMIT="100000", WORKER_API_FAILED_AUTH_LIMIT="100000"
+        ) as url,
     ):
         yield url
 
 
 def test_the_spec_documents_every_status_the_api_sends() -> None:
     create = SPEC["paths"]["/v1/voice-sessions"]["post"]["responses"]
-    assert set(create) == {"201", "400", "401", "404", "429", "503"}
+    assert set(create) == {"201", "400", "401", "404", "413", "429", "503"}
     assert "422" not in str(SPEC)
     assert {"APIKeyHeader", "HTTPBearer"} <= set(SPEC["components"]["securitySchemes"])
 
