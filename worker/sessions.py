@@ -35,6 +35,7 @@ that key may end it."""
 CONTEXT_MAX_BYTES = 4096
 """The caller context, as JSON: it travels in the dispatch metadata and fills placeholders."""
 _POLL_S = 0.1
+HEALTH_CACHE_S = 2.0
 
 
 class SessionError(Exception):
@@ -88,6 +89,8 @@ class SessionService:
         self._api_key = api_key
         self._api_secret = api_secret
         self._lkapi: api.LiveKitAPI | None = None
+        self._health: tuple[float, LiveKitUnavailableError | None] | None = None
+        self._health_lock = asyncio.Lock()
 
     @property
     def lkapi(self) -> api.LiveKitAPI:
@@ -217,9 +220,24 @@ class SessionService:
         logger.info("session in room %s ended by the API", room_name)
 
     async def check(self) -> None:
-        """Raise `LiveKitUnavailableError` unless LiveKit's server API answers."""
-        async with _livekit("answer a health check"):
-            await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=["healthz"]))
+        """Raise `LiveKitUnavailableError` unless LiveKit's server API answers. The answer is
+        kept `HEALTH_CACHE_S`: the health check needs no key, and must not let anyone make the
+        API call LiveKit at will."""
+        now = time.monotonic()
+        if self._health is None or now - self._health[0] >= HEALTH_CACHE_S:
+            async with self._health_lock:
+                if self._health is None or time.monotonic() - self._health[0] >= HEALTH_CACHE_S:
+                    self._health = (time.monotonic(), await self._ask_livekit())
+        if self._health[1] is not None:
+            raise self._health[1]
+
+    async def _ask_livekit(self) -> LiveKitUnavailableError | None:
+        try:
+            async with _livekit("answer a health check"):
+                await self.lkapi.room.list_rooms(api.ListRoomsRequest(names=["healthz"]))
+        except LiveKitUnavailableError as exc:
+            return exc
+        return None
 
     async def _accepted(self, room: str, dispatch_id: str) -> bool:
         """Whether a worker took the dispatch's job within `dispatch_wait` seconds."""

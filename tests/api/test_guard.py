@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import API_KEY, ClientFactory, LiveKit, auth, settings_for
+from tests.api.conftest import API_KEY, CONFIG, ClientFactory, LiveKit, auth, settings_for
 from worker.api_auth import ApiKeys
 from worker.config import AgentRegistry
 from worker.session_api import create_app
@@ -85,3 +85,24 @@ async def test_wrong_keys_are_rate_limited_per_client_address(make_client: Clien
         assert (await client.get("/v1/agents", headers=auth())).status_code == 200, (
             "a known key is never held back by others' failures"
         )
+
+
+async def test_health_checks_do_not_call_livekit_each_time(
+    livekit: LiveKit, registry: AgentRegistry
+) -> None:
+    """Was: every unauthenticated GET /healthz called LiveKit."""
+    service = SessionService(registry, settings_for(livekit.url), CONFIG.api_key, CONFIG.api_secret)
+    asked: list[object] = []
+    real = service.lkapi.room.list_rooms
+
+    async def counted(request: Any) -> Any:
+        asked.append(request)
+        return await real(request)
+
+    service.lkapi.room.list_rooms = counted  # type: ignore[method-assign,assignment]
+    app = create_app(service, ApiKeys([API_KEY]), 10)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
+        statuses = [(await c.get("/healthz")).status_code for _ in range(50)]
+    await service.aclose()
+    assert statuses == [200] * 50
+    assert len(asked) == 1
