@@ -9,10 +9,13 @@ JSON nesting bounded (400) before the application sees them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .api_auth import ApiKeys, RateLimiter
 from .untrusted import MAX_DEPTH, depth
@@ -33,10 +36,13 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-re
 class RequestGuard:
     """ASGI middleware in front of the session API."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, *, failures_per_minute: int) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: ApiKeys, *, failures_per_minute: int, body_timeout: float
+    ) -> None:
         self.app = app
         self._keys = keys
         self._failures = RateLimiter(failures_per_minute)
+        self._body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,7 +52,12 @@ class RequestGuard:
         refusal = self._unauthorized(scope, headers)
         body = b""
         if refusal is None:
-            body, refusal = await _bounded_body(scope, headers, receive)
+            try:
+                body, refusal = await asyncio.wait_for(
+                    _bounded_body(scope, headers, receive), self._body_timeout
+                )
+            except TimeoutError:
+                refusal = 408, f"the request body took over {self._body_timeout:g} s"
         if refusal is not None:
             if refusal[0]:
                 await _reply(send, *refusal)
@@ -127,3 +138,50 @@ async def _reply(send: Send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers.
+
+    uvicorn's own keep-alive timer restarts on every byte, so a client trickling a byte every few
+    seconds held its connection forever (180 such sockets were held 80 s). This deadline starts
+    when the connection opens or the previous response ends, and does not move until the
+    request's headers are complete; the body has the guard's `body_timeout`.
+    """
+
+    header_timeout = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and not self.cycle.response_complete and self._deadline:
+            self._deadline.cancel()  # the headers are in: a request is being served
+            self._deadline = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            logger.warning(
+                "closed a connection from %s: no request within %gs",
+                self.client and self.client[0],
+                self.header_timeout,
+            )
+            self.transport.close()

@@ -179,6 +179,7 @@ def api(
     import uvicorn
 
     from .api_auth import ApiKeyError, ApiKeys
+    from .api_guard import HeaderDeadline
     from .session_api import create_app
     from .sessions import SessionService
     from .settings import ApiSettings
@@ -198,12 +199,16 @@ def api(
         registry, settings, os.environ["LIVEKIT_API_KEY"], os.environ["LIVEKIT_API_SECRET"]
     )
     _logging(log_level, secrets=keys.secrets())
+    HeaderDeadline.header_timeout = settings.request_timeout
     uvicorn.run(
         create_app(service, keys, settings.rate_limit),
         host=host or settings.host,
         port=settings.port if port is None else port,
         log_level=log_level.lower(),
         log_config=None,  # the root logger's handler, with the redactor
+        http=HeaderDeadline,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
     )
 
 

@@ -118,7 +118,10 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
         lifespan=lifespan,
     )
     app.add_middleware(
-        RequestGuard, keys=keys, failures_per_minute=service.settings.failed_auth_limit
+        RequestGuard,
+        keys=keys,
+        failures_per_minute=service.settings.failed_auth_limit,
+        body_timeout=service.settings.request_timeout,
     )
     if service.settings.cors_origins:
         app.add_middleware(

@@ -113,9 +113,13 @@ class ApiSettings:
     max_participants: int = 3
     """The caller, the agent and one rejoin of the caller's."""
     rate_limit: int = 60
+    """Session requests per minute per API key."""
     failed_auth_limit: int = 30
     """Requests with a missing or unknown key one client address may send a minute."""
-    """Session requests per minute per API key."""
+    request_timeout: float = 10.0
+    """Seconds a client has for a request's headers, and again for its body."""
+    max_connections: int = 200
+    """Connections served at once; more are answered 503."""
     cors_origins: tuple[str, ...] = ()
     dispatch_wait: float = 5.0
     """Seconds to wait for a worker to accept the dispatch before answering 503."""
@@ -143,6 +147,10 @@ class ApiSettings:
             rate_limit=reader.integer("WORKER_API_RATE_LIMIT", defaults.rate_limit, minimum=1),
             failed_auth_limit=reader.integer(
                 "WORKER_API_FAILED_AUTH_LIMIT", defaults.failed_auth_limit, minimum=1
+            ),
+            request_timeout=reader.number("WORKER_API_REQUEST_TIMEOUT", defaults.request_timeout),
+            max_connections=reader.integer(
+                "WORKER_API_MAX_CONNECTIONS", defaults.max_connections, minimum=1
             ),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
             dispatch_wait=reader.number("WORKER_API_DISPATCH_WAIT", defaults.dispatch_wait),
