@@ -29,6 +29,7 @@ from .clips import clip_frames, load_clip
 from .config import AgentConfig
 from .dispatch import with_call_limit
 from .logs import ContextLogger
+from .outbox import INTERIM_MAX_CHARS, Outbox
 from .pipeline import build_session
 from .placeholders import placeholder_values
 from .protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
@@ -217,11 +218,9 @@ class Call(CallListener):
         self.log = log
         self.lines = lines
         """The agent's fixed lines (`messages` in the config), placeholders filled."""
-        self._encoder = EventEncoder(setup.call_id)
-        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._outbox = Outbox(EventEncoder(setup.call_id), transport.send, log)
         self._ending: asyncio.Future[_Ending] = asyncio.get_running_loop().create_future()
         self._started_at = time.monotonic()
-        self._closed_outbox = False
         # idle tracking: a timer runs only while neither side speaks nor the agent thinks
         self._agent_state = "initializing"
         self._user_speaking = False
@@ -242,12 +241,12 @@ class Call(CallListener):
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, agent: VoiceAgent) -> CallResult:
-        sender = asyncio.create_task(self._send_loop(), name="call_events")
+        sender = asyncio.create_task(self._outbox.run(), name="call_events")
         watchers = [asyncio.create_task(self._max_duration(), name="call_max_duration")]
         if self.setup.shutdown is not None:
             watchers.append(asyncio.create_task(self._on_shutdown(self.setup.shutdown)))
         self._subscribe()
-        self._emit(self._encoder.agent_state("initializing"))
+        self._outbox.put(lambda e: e.agent_state("initializing"))
         try:
             await self.transport.start(self.session, agent, self.caller)
             self._started_at = time.monotonic()
@@ -294,9 +293,9 @@ class Call(CallListener):
         if self._unreported:  # interrupted speech: its transcript goes out before call_ended
             await asyncio.wait(self._unreported, timeout=SETTLE_TIMEOUT)
         duration = time.monotonic() - self._started_at
-        self._emit(self._encoder.agent_state("idle"))
-        self._emit(self._encoder.call_ended(duration, ending.reason))
-        self._close_outbox()
+        self._outbox.put(lambda e: e.agent_state("idle"))
+        self._outbox.put(lambda e: e.call_ended(duration, ending.reason))
+        self._outbox.close()
         result = CallResult(
             ending.reason, duration, self._user_turns, self._agent_turns, self._interruptions
         )
@@ -389,7 +388,7 @@ class Call(CallListener):
 
     def _on_agent_state(self, ev: lk_events.AgentStateChangedEvent) -> None:
         self._agent_state = ev.new_state
-        self._emit(self._encoder.agent_state(ev.new_state))
+        self._outbox.put(lambda e: e.agent_state(ev.new_state))
         self._update_idle_timer()
 
     def _on_user_state(self, ev: lk_events.UserStateChangedEvent) -> None:
@@ -402,8 +401,13 @@ class Call(CallListener):
         text = " ".join([*self._turn_finals, ev.transcript.strip()]).strip()
         if ev.is_final and ev.transcript.strip():
             self._turn_finals.append(ev.transcript.strip())
+            # an interim shows only the turn's end: older finals need not be kept for it
+            while (
+                len(self._turn_finals) > 1 and sum(map(len, self._turn_finals)) > INTERIM_MAX_CHARS
+            ):
+                self._turn_finals.pop(0)
         if text:
-            self._emit(self._encoder.transcript("user", text, final=False))
+            self._outbox.interim(text)
 
     def _on_item_added(self, ev: lk_events.ConversationItemAddedEvent) -> None:
         item = ev.item
@@ -412,7 +416,7 @@ class Call(CallListener):
         if item.role == "user":
             self._turn_finals.clear()
             self._user_turns += 1
-            self._emit(self._encoder.transcript("user", item.text_content or "", final=True))
+            self._outbox.put(lambda e: e.transcript("user", item.text_content or "", final=True))
         elif item.role == "assistant" and item.metrics:
             self._latencies.append(
                 {
@@ -446,9 +450,8 @@ class Call(CallListener):
             return  # a tool-only step, nothing was said
         self._agent_turns += 1
         self._interruptions += handle.interrupted
-        self._emit(
-            self._encoder.transcript("agent", text, final=True, interrupted=handle.interrupted)
-        )
+        interrupted = handle.interrupted
+        self._outbox.put(lambda e: e.transcript("agent", text, final=True, interrupted=interrupted))
 
     def _on_false_interruption(self, ev: lk_events.AgentFalseInterruptionEvent) -> None:
         self.log.info("false interruption, resumed=%s", ev.resumed)
@@ -522,23 +525,6 @@ class Call(CallListener):
         )
 
     # --- events out -----------------------------------------------------------------------------
-
-    def _emit(self, packets: list[bytes]) -> None:
-        if self._closed_outbox:
-            return
-        for packet in packets:
-            self._outbox.put_nowait(packet)
-
-    def _close_outbox(self) -> None:
-        self._closed_outbox = True
-        self._outbox.put_nowait(None)
-
-    async def _send_loop(self) -> None:
-        while (packet := await self._outbox.get()) is not None:
-            try:
-                await self.transport.send(packet)
-            except Exception as exc:
-                self.log.warning("could not send event to the caller: %s", exc)
 
     def _log_summary(self, result: CallResult, detail: str) -> None:
         usage: list[dict[str, Any]] = []

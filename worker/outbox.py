@@ -1,0 +1,78 @@
+"""The call's events on their way to the caller: in order, one send at a time, bounded.
+
+Each interim transcript re-sends the caller's whole turn so far; a turn that never commits
+(continuous background speech) once queued 35 MB of interims and 17.7 s of encoding on the
+call's loop. Here the newest interim replaces one not yet sent, and is encoded only when sent
+(so `seq` still counts the packets sent, without gaps); an interim carries at most the turn's
+last `INTERIM_MAX_CHARS`. Everything else (finals, `agent_state`, `call_ended`) is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable
+
+from .logs import ContextLogger
+from .protocol import EventEncoder
+
+INTERIM_MAX_CHARS = 2000
+"""An interim transcript's text: the end of the turn so far (the final carries all of it)."""
+
+
+class Outbox:
+    def __init__(
+        self, encoder: EventEncoder, send: Callable[[bytes], Awaitable[None]], log: ContextLogger
+    ) -> None:
+        self._encoder = encoder
+        self._send = send
+        self._log = log
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._interim: str | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.coalesced = 0
+        """Interims replaced by a newer one before they were sent."""
+
+    def put(self, event: Callable[[EventEncoder], list[bytes]]) -> None:
+        """Queue an event, encoded here (`seq` is given in the order packets are sent): after
+        any pending interim, which is encoded first."""
+        if self._closed:
+            return
+        if self._interim is not None:
+            self._queue.extend(self._encoder.transcript("user", self._interim, final=False))
+            self._interim = None
+        self._queue.extend(event(self._encoder))
+        self._ready.set()
+
+    def interim(self, text: str) -> None:
+        """The caller's turn so far; replaces an interim not yet sent."""
+        if self._closed:
+            return
+        if self._interim is not None:
+            self.coalesced += 1
+        self._interim = text[-INTERIM_MAX_CHARS:]
+        self._ready.set()
+
+    def close(self) -> None:
+        """Nothing more is accepted; `run` returns once what was accepted is sent."""
+        self._closed = True
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue or self._interim is not None:
+                if self._queue:
+                    packet = self._queue.popleft()
+                else:
+                    assert self._interim is not None
+                    (packet,) = self._encoder.transcript("user", self._interim, final=False)
+                    self._interim = None
+                try:
+                    await self._send(packet)
+                except Exception as exc:
+                    self._log.warning("could not send event to the caller: %s", exc)
+            if self._closed:
+                return
