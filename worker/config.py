@@ -38,6 +38,11 @@ from .turns import phrases
 PLACEHOLDER_MAX_LEN = 200
 
 
+MAX_AGENT_FILE_BYTES = 256 * 1024
+MAX_INSTRUCTIONS_CHARS = 100_000
+"""About 25k tokens: more is a mistake (a pasted document), and every request would carry it."""
+
+
 class ConfigError(Exception):
     """One or more invalid agent files; each line names the file and the field."""
 
@@ -275,7 +280,7 @@ class AgentConfig(_Strict):
     name: str = Field(min_length=1, max_length=200)
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     greeting: str = Field(min_length=1, max_length=1000)
-    instructions: str = Field(min_length=1)
+    instructions: str = Field(min_length=1, max_length=MAX_INSTRUCTIONS_CHARS)
     placeholders: dict[str, str] = Field(default_factory=dict)
     stt: list[STTProvider] = Field(min_length=1, max_length=4)
     llm: list[LLMProvider] = Field(min_length=1, max_length=4)
@@ -413,17 +418,30 @@ class AgentRegistry:
 def load_agent_file(path: Path) -> AgentConfig:
     """Parse and validate one agent file; raises `ConfigError` naming the file and fields."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+        if not path.is_file():  # a FIFO would block the read forever, a directory fail it
+            raise ConfigError([f"{path}: not a regular file"])
+        if (size := path.stat().st_size) > MAX_AGENT_FILE_BYTES:
+            raise ConfigError(
+                [f"{path}: {size} bytes; an agent file is at most {MAX_AGENT_FILE_BYTES}"]
+            )
+        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")  # a BOM is allowed
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     fields, body = _split_front_matter(path, text)
     data = {**fields, "instructions": body, "source": str(path)}
     try:
         agent = AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{path}: {_describe(err)}" for err in exc.errors()]) from None
+    clip = agent.apology_clip
+    if clip != BUNDLED_APOLOGY and not clip.resolve().is_relative_to(path.parent.resolve()):
+        raise ConfigError(
+            [f"{path}: messages.error_goodbye_audio: {clip} is outside the prompts directory"]
+        )
     try:
-        check_clip(agent.apology_clip)
+        check_clip(clip)
     except AudioFileError as exc:
         raise ConfigError([f"{path}: messages.error_goodbye_audio: {exc}"]) from None
     return agent
@@ -435,8 +453,15 @@ def load_registry(directory: Path) -> AgentRegistry:
         raise ConfigError([f"{directory}: prompts directory not found (set WORKER_PROMPTS_DIR)"])
     problems: list[str] = []
     agents: list[AgentConfig] = []
-    for path in sorted(directory.glob("*.md")):
-        if path.name.startswith(("_", ".")):
+    root = directory.resolve()
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(("_", ".")) or path.suffix.lower() != ".md":
+            continue
+        if path.suffix != ".md":
+            problems.append(f"{path}: agent files end in .md (lower case): rename it")
+            continue
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            problems.append(f"{path}: a symlink to {path.resolve()}, outside the prompts directory")
             continue
         try:
             agents.append(load_agent_file(path))
@@ -470,7 +495,7 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
     except StopIteration:
         raise ConfigError([f"{path}: front matter is not closed by a '---' line"]) from None
     try:
-        fields = yaml.safe_load("\n".join(lines[1:end])) or {}
+        fields = yaml.load("\n".join(lines[1:end]), Loader=_UniqueKeyLoader) or {}  # noqa: S506
     except yaml.YAMLError as exc:
         raise ConfigError(
             [f"{path}: front matter is not valid YAML: {_one_line(str(exc))}"]
@@ -480,6 +505,22 @@ def _split_front_matter(path: Path, text: str) -> tuple[dict[str, Any], str]:
     if "instructions" in fields:
         raise ConfigError([f"{path}: instructions: write them as the body, after the front matter"])
     return fields, "\n".join(lines[end + 1 :]).strip()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice (YAML keeps the last one silently: a
+    second `tts:` replaced the provider)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"field {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _describe(error: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -392,3 +393,65 @@ def test_the_voice_alone_waits_voice_max_delay_kept_within_the_delays(
     delays: dict[str, float], ceiling: float
 ) -> None:
     assert Endpointing.model_validate(delays).voice_ceiling() == ceiling
+
+
+# --- files a careless operator leaves in the prompts directory (each was accepted silently) ----
+
+
+def test_a_field_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", VALID.replace("tts: [", "tts: [{provider: local}]\ntts: ["))
+    (problem,) = problems_of(tmp_path)
+    assert "a.md: front matter is not valid YAML: field 'tts' given twice" in problem
+
+
+def test_a_utf8_bom_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "a.md"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    assert load_agent_file(path).id == "test-agent"
+
+
+def test_a_fifo_named_like_an_agent_file_does_not_hang_start(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", VALID)
+    os.mkfifo(tmp_path / "x.md")
+    (problem,) = problems_of(tmp_path)
+    assert problem == f"{tmp_path / 'x.md'}: not a regular file"
+
+
+def test_an_upper_case_extension_is_refused_not_ignored(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", VALID)
+    write(tmp_path, "Support.MD", VALID.replace("test-agent", "other-agent"))
+    (problem,) = problems_of(tmp_path)
+    assert "Support.MD: agent files end in .md (lower case)" in problem
+
+
+def test_a_symlink_out_of_the_prompts_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "prompts").mkdir()
+    outside = write(tmp_path, "elsewhere.md", VALID)
+    (tmp_path / "prompts" / "a.md").symlink_to(outside)
+    (problem,) = problems_of(tmp_path / "prompts")
+    assert "a.md: a symlink to" in problem
+    assert "outside the prompts directory" in problem
+
+
+def test_a_goodbye_recording_outside_the_prompts_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "sorry.wav").write_bytes(BUNDLED_APOLOGY.read_bytes())
+    text = VALID.replace(
+        "tts: [{provider: elevenlabs}]",
+        "tts: [{provider: elevenlabs}]\nmessages: {error_goodbye_audio: ../sorry.wav}",
+    )
+    (problem,) = problems_of(write(tmp_path / "prompts", "a.md", text).parent)
+    assert "messages.error_goodbye_audio:" in problem
+    assert "outside the prompts directory" in problem
+
+
+def test_oversized_files_and_instructions_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, "a.md", VALID + "x" * 300_000)
+    (problem,) = problems_of(tmp_path)
+    assert "a.md: " in problem
+    assert "an agent file is at most 262144" in problem
+    (tmp_path / "a.md").unlink()
+    write(tmp_path, "b.md", VALID + "word " * 30_000)
+    (problem,) = problems_of(tmp_path)
+    assert problem.startswith(f"{tmp_path / 'b.md'}: instructions:")
+    assert "100000" in problem
