@@ -10,15 +10,18 @@ its key falls back to the local one in development, and stops `start` unless the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from livekit.agents import APIConnectOptions, llm, stt, tts
 from livekit.agents.voice.agent_session import SessionConnectOptions
+from pydantic import TypeAdapter, ValidationError
 
 from .config import (
     AgentConfig,
@@ -203,7 +206,38 @@ def check_registry(registry: AgentRegistry) -> list[str]:
                     problems.append(
                         f"{agent.source}: {where}.options.{option}: not an option of {spec.plugin}"
                     )
+                elif wrong := _wrong_type(spec.plugin, option, entry.options[option]):
+                    problems.append(f"{agent.source}: {where}.options.{option}: {wrong}")
     return problems
+
+
+def _wrong_type(dotted: str, option: str, value: object) -> str | None:
+    """Why `value` does not fit the plugin's annotation of `option` (strictly: YAML gives real
+    types), or None; options whose annotation pydantic cannot check pass."""
+    adapter = _option_adapters(dotted).get(option)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        return f"{value!r} is not valid for {dotted} ({error['msg']})"
+    return None
+
+
+@functools.cache
+def _option_adapters(dotted: str) -> dict[str, TypeAdapter[Any]]:
+    module_name, _, class_name = dotted.rpartition(".")
+    init = getattr(importlib.import_module(module_name), class_name).__init__
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # an annotation that does not resolve: nothing to check against
+        return {}
+    adapters: dict[str, TypeAdapter[Any]] = {}
+    for name, hint in hints.items():
+        with contextlib.suppress(Exception):  # a type pydantic has no schema for
+            adapters[name] = TypeAdapter(hint)
+    return adapters
 
 
 def import_plugins(registry: AgentRegistry) -> None:

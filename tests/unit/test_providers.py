@@ -112,6 +112,22 @@ def test_unknown_and_reserved_plugin_options_are_found_at_start() -> None:
     assert check_registry(AgentRegistry([make_agent()])) == []
 
 
+def test_plugin_option_values_are_type_checked_at_start() -> None:
+    """Was: `endpointing_ms: banana` reached the plugin, to fail in a call."""
+    agent = make_agent(
+        stt=[{"provider": "deepgram", "options": {"endpointing_ms": "banana", "smart_format": 1}}],
+        llm=[{"provider": "openai", "options": {"parallel_tool_calls": False}}],
+        tts=[{"provider": "elevenlabs", "options": {"enable_ssml_parsing": True}}],
+    ).model_copy(update={"source": "prompts/a.md"})
+    problems = check_registry(AgentRegistry([agent]))
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(
+        "prompts/a.md: stt[0].options.endpointing_ms: 'banana' is not valid for "
+        "livekit.plugins.deepgram.STT (Input should be a valid integer"
+    )
+    assert problems[1].startswith("prompts/a.md: stt[0].options.smart_format: 1 is not valid")
+
+
 def sourced(**overrides: object) -> AgentRegistry:
     return AgentRegistry([make_agent(**overrides).model_copy(update={"source": "prompts/a.md"})])
 
