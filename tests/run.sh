@@ -14,7 +14,7 @@ ruff format --check .
 step "types (mypy)"
 mypy
 
-for group in unit providers pipeline scenarios local api; do
+for group in unit providers pipeline scenarios local api fuzz; do
     step "tests: $group"
     python -m pytest -m "$group" -p no:cacheprovider
 done
