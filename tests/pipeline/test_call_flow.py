@@ -314,8 +314,8 @@ async def test_a_failing_llm_ends_the_call_with_the_recorded_apology(
 @pytest.mark.parametrize(
     ("payload", "sender", "topic", "logged"),
     [
-        (b"not json", None, "voice-agent", "not UTF-8 JSON"),
-        (b"\xff\xfe", None, "voice-agent", "not UTF-8 JSON"),
+        (b"not json", None, "voice-agent", "not acceptable JSON"),
+        (b"\xff\xfe", None, "voice-agent", "not acceptable JSON"),
         (b'["end_call"]', None, "voice-agent", "expected a JSON object"),
         (b'{"type": 1}', None, "voice-agent", "'type' must be a string"),
         (b'{"type": "mute"}', None, "voice-agent", "unknown message type"),
