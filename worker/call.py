@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 from .agent import VoiceAgent
 from .clips import clip_frames, load_clip
 from .config import AgentConfig
+from .crash_guard import CallLedger
 from .dispatch import with_call_limit
 from .logs import ContextLogger
 from .outbox import INTERIM_MAX_CHARS, Outbox
@@ -116,6 +116,8 @@ class CallSetup:
     log_fields: dict[str, str] = field(default_factory=dict)
     turn_runner: ModelRunner | None = None
     """The process's end-of-turn model (agents with `smart_turn`; None: turns end on silence)."""
+    ledger: CallLedger | None = None
+    """What the main process reads if this process dies mid-call (see `crash_guard`)."""
 
 
 @dataclass
@@ -152,6 +154,8 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
                 setup.agent.limits.join_timeout,
             )
     if caller is None:
+        if setup.ledger is not None:
+            setup.ledger.done()  # nobody to tell
         await _close_providers(setup.providers)
         await transport.close(None)
         return None
@@ -218,7 +222,7 @@ class Call(CallListener):
         self.log = log
         self.lines = lines
         """The agent's fixed lines (`messages` in the config), placeholders filled."""
-        self._outbox = Outbox(EventEncoder(setup.call_id), transport.send, log)
+        self._outbox = Outbox(EventEncoder(setup.call_id), transport.send, log, setup.ledger)
         self._ending: asyncio.Future[_Ending] = asyncio.get_running_loop().create_future()
         self._started_at = time.monotonic()
         # idle tracking: a timer runs only while neither side speaks nor the agent thinks
@@ -250,6 +254,8 @@ class Call(CallListener):
         try:
             await self.transport.start(self.session, agent, self.caller)
             self._started_at = time.monotonic()
+            if self.setup.ledger is not None:
+                self.setup.ledger.session_started()
             self.log.info(
                 "call started",
                 extra={"caller": self.caller.identity, "transport": self.transport.label},
@@ -575,7 +581,3 @@ async def _wait_bounded(task: asyncio.Task[Any], timeout: float) -> None:
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
         task.cancel()
-
-
-def new_call_id() -> str:
-    return f"CA_{uuid.uuid4().hex[:16]}"

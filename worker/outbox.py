@@ -5,6 +5,8 @@ Each interim transcript re-sends the caller's whole turn so far; a turn that nev
 call's loop. Here the newest interim replaces one not yet sent, and is encoded only when sent
 (so `seq` still counts the packets sent, without gaps); an interim carries at most the turn's
 last `INTERIM_MAX_CHARS`. Everything else (finals, `agent_state`, `call_ended`) is never dropped.
+The call's ledger (see `crash_guard`) learns each `seq` before it is sent, and when the last
+packet (`call_ended`) has gone out.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .logs import ContextLogger
 from .protocol import EventEncoder
+
+if TYPE_CHECKING:
+    from .crash_guard import CallLedger
 
 INTERIM_MAX_CHARS = 2000
 """An interim transcript's text: the end of the turn so far (the final carries all of it)."""
@@ -22,11 +28,18 @@ INTERIM_MAX_CHARS = 2000
 
 class Outbox:
     def __init__(
-        self, encoder: EventEncoder, send: Callable[[bytes], Awaitable[None]], log: ContextLogger
+        self,
+        encoder: EventEncoder,
+        send: Callable[[bytes], Awaitable[None]],
+        log: ContextLogger,
+        ledger: CallLedger | None = None,
     ) -> None:
         self._encoder = encoder
         self._send = send
         self._log = log
+        self._ledger = ledger
+        self._seq = 0
+        """The `seq` of the last packet taken for sending (packets leave in `seq` order)."""
         self._queue: collections.deque[bytes] = collections.deque()
         self._interim: str | None = None
         self._ready = asyncio.Event()
@@ -60,6 +73,7 @@ class Outbox:
         self._ready.set()
 
     async def run(self) -> None:
+        delivered = False
         while True:
             await self._ready.wait()
             self._ready.clear()
@@ -70,9 +84,16 @@ class Outbox:
                     assert self._interim is not None
                     (packet,) = self._encoder.transcript("user", self._interim, final=False)
                     self._interim = None
+                self._seq += 1
+                if self._ledger is not None:
+                    self._ledger.sending(self._seq)
                 try:
                     await self._send(packet)
+                    delivered = True
                 except Exception as exc:
+                    delivered = False
                     self._log.warning("could not send event to the caller: %s", exc)
             if self._closed:
+                if delivered and self._ledger is not None:
+                    self._ledger.done()  # the last packet, `call_ended`, went out
                 return

@@ -12,6 +12,7 @@ import enum
 import functools
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -76,10 +77,14 @@ def parse_control(data: bytes) -> Control:
 class EventEncoder:
     """Stamps and serializes the events of one call; `seq` grows by one per packet."""
 
-    def __init__(self, call_id: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, call_id: str, *, after_seq: int = 0, clock: Callable[[], float] = time.time
+    ) -> None:
+        """`after_seq`: the last `seq` already used (by a job process that died, see
+        `crash_guard`)."""
         self.call_id = call_id
         self._clock = clock
-        self._seq = 0
+        self._seq = after_seq
 
     def transcript(
         self, role: Role, text: str, *, final: bool, interrupted: bool = False
@@ -120,6 +125,10 @@ class EventEncoder:
         # errors="replace": a lone surrogate (a provider's stray JSON escape) must not crash a call
         text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
         return text.encode("utf-8", errors="replace")
+
+
+def new_call_id() -> str:
+    return f"CA_{uuid.uuid4().hex[:16]}"
 
 
 def split_text(text: str, budget: int) -> list[str]:

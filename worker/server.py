@@ -11,16 +11,20 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest, NotGivenOr
+from livekit.agents.ipc.job_executor import JobExecutor
 from livekit.agents.types import NOT_GIVEN
 from livekit.agents.worker import ServerEnvOption, _DefaultLoadCalc
 
-from .call import GOODBYE_TIMEOUT, CallSetup, new_call_id, run_call
+from .call import GOODBYE_TIMEOUT, CallSetup, run_call
 from .config import AgentConfig, AgentRegistry
+from .crash_guard import CallLedger, CrashGuard, DeadJob, ledger_path
 from .local_runtime import LocalRuntime
 from .logs import install_redaction
 from .pipeline import load_vad
+from .protocol import new_call_id
 from .providers import build_providers
 from .room import RoomTransport
 from .routing import RoomName, RoutingError, parse_room
@@ -51,6 +55,8 @@ class VoiceWorker:
         """Set by `console` / `connect --agent`: their rooms have no routable name."""
         self.local_llm_url = local_llm_url
         """The main process's local LLM server, when some agent uses it."""
+        self.calls_dir: Path | None = None
+        """Where each job keeps its call's ledger for the main process (`create_server` sets it)."""
 
     # --- main process ---------------------------------------------------------------------------
 
@@ -82,6 +88,17 @@ class VoiceWorker:
         )
 
     async def entrypoint(self, ctx: JobContext) -> None:
+        call_id = new_call_id()
+        ledger = None
+        if self.calls_dir is not None and not ctx.is_fake_job():
+            ledger = CallLedger(ledger_path(self.calls_dir, ctx.job.id), call_id)
+        try:
+            await self._run_job(ctx, call_id, ledger)
+        finally:
+            if ledger is not None:
+                ledger.close()
+
+    async def _run_job(self, ctx: JobContext, call_id: str, ledger: CallLedger | None) -> None:
         try:
             agent, room = self.route(ctx.job.room.name)
         except RoutingError as exc:
@@ -89,9 +106,10 @@ class VoiceWorker:
             logger.warning(
                 "ending job %s for room %r: %s", ctx.job.id, ctx.job.room.name[:200], exc
             )
+            if ledger is not None:
+                ledger.done()  # no call to end
             ctx.shutdown(reason=f"unroutable room: {exc}")
             return
-        call_id = new_call_id()
         fields = {"room": ctx.job.room.name, "job_id": ctx.job.id, "agent_id": agent.id}
         ctx.log_context_fields = {**fields, "call_id": call_id}
         local: LocalRuntime = ctx.proc.userdata["local"]
@@ -104,6 +122,7 @@ class VoiceWorker:
             shutdown=listen_for_shutdown(),
             log_fields=fields,
             turn_runner=local.turn_runner,
+            ledger=ledger,
         )
         await run_call(setup, RoomTransport(ctx, user_id=room.user_id if room else None))
 
@@ -128,11 +147,31 @@ def listen_for_shutdown() -> asyncio.Event:
 
 
 class VoiceAgentServer(AgentServer):
-    """LiveKit's server, plus the signal 1.8.9 lacks: stopping tells running calls to wrap up.
+    """LiveKit's server, plus what 1.8.9 lacks: stopping tells running calls to wrap up, and a
+    job process that dies mid-call gets its call ended for the caller (`crash_guard`).
 
-    Without it a SIGTERM'd worker (`start`) waits silently for calls to end on their own, then
-    cuts them, and a stopped `dev` worker cuts them at once: no goodbye, no `call_ended`.
+    Without the first a SIGTERM'd worker (`start`) waits silently for calls to end on their own,
+    then cuts them, and a stopped `dev` worker cuts them at once: no goodbye, no `call_ended`.
     """
+
+    crash_guard: CrashGuard | None = None
+
+    def watch_job_processes(self) -> None:
+        """Once started (LiveKit creates its process pool then)."""
+        self._proc_pool.on("process_closed", self._on_process_closed)
+
+    def _on_process_closed(self, proc: JobExecutor) -> None:
+        info = proc.running_job
+        if info is None or info.fake_job or self.crash_guard is None:
+            return  # an idle process, or `console`
+        self.crash_guard.job_ended(
+            DeadJob(
+                job_id=info.job.id,
+                room=info.job.room.name,
+                agent_identity=info.accept_arguments.identity,
+                exit_code=getattr(proc, "exitcode", None),
+            )
+        )
 
     async def drain(self, timeout: NotGivenOr[int | None] = NOT_GIVEN) -> None:
         notified = notify_jobs_of_shutdown(self)
@@ -143,6 +182,8 @@ class VoiceAgentServer(AgentServer):
         if not self._closed and (notified := notify_jobs_of_shutdown(self)):
             logger.info("stopping: asked %d running call(s) to say goodbye", notified)
         await super().aclose()
+        if self.crash_guard is not None:
+            await self.crash_guard.aclose()
 
 
 def notify_jobs_of_shutdown(server: AgentServer) -> int:
@@ -179,6 +220,9 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
     server.rtc_session(
         worker.entrypoint, agent_name=settings.agent_name, on_request=worker.on_request
     )
+    server.crash_guard = CrashGuard()
+    worker.calls_dir = server.crash_guard.directory
     # LiveKit sets up the main process's log handlers when it starts: guard them then
     server.on("worker_started", install_redaction)
+    server.on("worker_started", server.watch_job_processes)
     return server

@@ -20,10 +20,11 @@ import numpy as np
 from livekit.agents.utils import http_context
 
 from .audio_files import Audio
-from .call import Caller, CallResult, CallSetup, new_call_id, run_call
+from .call import Caller, CallResult, CallSetup, run_call
 from .config import AgentConfig
 from .local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
 from .local_runtime import LocalRuntime
+from .protocol import new_call_id
 from .providers import build_providers
 
 AGENT_RATE = 24000

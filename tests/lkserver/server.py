@@ -778,6 +778,31 @@ class LiveKitTestServer:
             if recipient is not sender and (not destinations or identity in destinations):
                 recipient.deliver(stamped, reliable=reliable)
 
+    def send_server_data(
+        self,
+        room: str,
+        data: bytes,
+        *,
+        reliable: bool,
+        topic: str | None,
+        destinations: list[str],
+    ) -> None:
+        """`RoomService.SendData`: a user packet from the server itself (no participant), as
+        livekit-server sends it; KeyError for an unknown room."""
+        packet = proto_models.DataPacket(
+            kind=proto_models.DataPacket.Kind.RELIABLE
+            if reliable
+            else proto_models.DataPacket.Kind.LOSSY,
+            destination_identities=destinations,
+            user=proto_models.UserPacket(
+                payload=data, topic=topic, destination_identities=destinations
+            ),
+        )
+        stamped = packet.SerializeToString()
+        for identity, recipient in self.rooms[room].participants.items():
+            if not destinations or identity in destinations:
+                recipient.deliver(stamped, reliable=reliable)
+
     # --- HTTP --------------------------------------------------------------------------------
 
     async def _rtc(self, request: web.Request) -> web.StreamResponse:

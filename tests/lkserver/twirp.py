@@ -17,6 +17,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit.protocol import agent_dispatch as proto_dispatch
+from livekit.protocol import models as proto_models
 from livekit.protocol import room as proto_room
 
 from tests.lkserver.auth import AuthError, Grant
@@ -83,6 +84,9 @@ class TwirpService:
             ),
             (room_service, "RemoveParticipant"): _Method(
                 proto_room.RoomParticipantIdentity, "room_admin", True, self._remove_participant
+            ),
+            (room_service, "SendData"): _Method(
+                proto_room.SendDataRequest, "room_admin", True, self._send_data
             ),
             (dispatch_service, "CreateDispatch"): _Method(
                 proto_dispatch.CreateAgentDispatchRequest,
@@ -200,6 +204,19 @@ class TwirpService:
                 "not_found", f"participant {req.identity!r} not in room {req.room!r}"
             ) from None
         return proto_room.RemoveParticipantResponse()
+
+    async def _send_data(self, req: proto_room.SendDataRequest) -> Message:
+        try:
+            self._server.send_server_data(
+                req.room,
+                req.data,
+                reliable=req.kind == proto_models.DataPacket.Kind.RELIABLE,
+                topic=req.topic or None,
+                destinations=list(req.destination_identities),
+            )
+        except KeyError:
+            raise TwirpError("not_found", f"room {req.room!r} not found") from None
+        return proto_room.SendDataResponse()
 
     # AgentDispatchService
 
