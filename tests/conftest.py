@@ -16,7 +16,7 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 
 TESTS = Path(__file__).resolve().parent
-GROUPS = ("unit", "pipeline", "local", "providers", "scenarios", "api", "fuzz", "e2e")
+GROUPS = ("unit", "pipeline", "local", "providers", "scenarios", "api", "fuzz", "e2e", "load")
 """Each top-level directory of tests/ is a group, with a marker of the same name."""
 
 

@@ -24,4 +24,7 @@ done
 step "tests: e2e (private network namespace)"
 python -m tests.lkserver.netns python -m pytest -m e2e -p no:cacheprovider
 
+step "tests: load (calls cycling through one worker, same namespace)"
+python -m tests.lkserver.netns python -m pytest -m load -p no:cacheprovider
+
 step "all checks passed"

@@ -129,10 +129,12 @@ async def voice_worker(
     log_dir: Path,
     env: Mapping[str, str | None],
     prompts: Sequence[Path] = (SUPPORT_PROMPT,),
+    module: str = "worker",
 ) -> AsyncIterator[WorkerProcess]:
     """`python -m worker start` serving `prompts`, once it has registered; stopped (its process
     group too) and its log printed afterwards, which pytest shows for a failed test. `env` adds
-    to the test's environment (None unsets): `StandIns.env()`, settings."""
+    to the test's environment (None unsets): `StandIns.env()`, settings. `module`: what runs
+    instead of `worker` (the same CLI, instrumented: `tests.load.probed_worker`)."""
     prompts_dir = log_dir / "prompts"
     prompts_dir.mkdir(parents=True, exist_ok=True)
     for prompt in prompts:
@@ -155,23 +157,23 @@ async def voice_worker(
             environment[name] = value
     known = set(lk.workers.workers)
     log_path = log_dir / "worker.log"
-    async with worker_command(["start"], environment, log_path) as process:
+    async with worker_command(["start"], environment, log_path, module) as process:
         registered = await _registered(lk, process, known)
         yield WorkerProcess(registered, process, log_path)
 
 
 @asynccontextmanager
 async def worker_command(
-    args: Sequence[str], env: Mapping[str, str], log_path: Path
+    args: Sequence[str], env: Mapping[str, str], log_path: Path, module: str = "worker"
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m worker ARGS` in its own process group, output to `log_path`; stopped at the
+    """`python -m MODULE ARGS` in its own process group, output to `log_path`; stopped at the
     end (`stop_process`) and its log printed, which pytest shows for a failed test."""
     try:
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "worker",
+                module,
                 *args,
                 cwd=ROOT,
                 env=dict(env),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -88,8 +89,9 @@ class LiveKitFixture:
             await client.aclose()
 
 
-@pytest.fixture
-async def livekit_server() -> AsyncIterator[LiveKitFixture]:
+@asynccontextmanager
+async def running_server() -> AsyncIterator[LiveKitFixture]:
+    """The test server with the worker protocol and Twirp (the fixture; `bench.soak`)."""
     config = load_config()
     # livekit.yaml's port: free inside the test namespace, and the file developers use is exercised
     server = LiveKitTestServer(config.api_key, config.api_secret, host=ADDRESS, port=config.port)
@@ -102,3 +104,9 @@ async def livekit_server() -> AsyncIterator[LiveKitFixture]:
         finally:
             await fixture.aclose()
             await workers.aclose()
+
+
+@pytest.fixture
+async def livekit_server() -> AsyncIterator[LiveKitFixture]:
+    async with running_server() as fixture:
+        yield fixture
