@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from livekit.protocol import agent as proto_agent
 
 from tests.e2e.calls import (
@@ -48,6 +49,8 @@ class CallOutcome:
     seconds: float
     error: str | None = None
     """Why the call did not go as a call must (None: it did)."""
+    answered: bool = False
+    """Whether the agent's answer to the question arrived within `TURN_S`."""
 
 
 @dataclass
@@ -78,6 +81,7 @@ class SoakReport:
         return {
             "calls": len(self.calls),
             "failed": [f"{c.caller}: {c.error}" for c in self.failures],
+            "unanswered": [c.caller for c in self.calls if c.error is None and not c.answered],
             "dispatched": self.dispatched,
             "jobs": self.jobs,
             "call_s_p50": round(durations[len(durations) // 2], 2) if durations else None,
@@ -118,16 +122,24 @@ async def at_rest(worker: WorkerProcess, probe: Path, lk: LiveKitFixture) -> dic
 
 async def one_call(lk: LiveKitFixture, caller: str, question: Any) -> CallOutcome:
     started = time.monotonic()
+    events: list[dict[str, Any]] = []
     try:
         async with call(lk, room_name(caller), caller) as c:
+            events = c.events
             await c.event(JOIN_S, type="transcript", role="agent", text=GREETING)
             c.play(question)
-            await c.event(TURN_S, type="transcript", role="agent", text=ANSWER)
+            try:
+                await c.event(TURN_S, type="transcript", role="agent", text=ANSWER)
+                answered = True
+            except pytest.fail.Exception:  # reported; the call must still end as a call must
+                answered = False
             await c.hang_up()
         check_call_events(c.events)
-    except (AssertionError, Exception) as exc:
-        return CallOutcome(caller, time.monotonic() - started, f"{type(exc).__name__}: {exc}")
-    return CallOutcome(caller, time.monotonic() - started)
+    except (Exception, pytest.fail.Exception) as exc:  # pytest's Failed is a BaseException
+        seen = [(e["type"], e.get("state") or e.get("text", "")[:40]) for e in events[-4:]]
+        error = f"{type(exc).__name__}: {exc} (last events: {seen})"
+        return CallOutcome(caller, time.monotonic() - started, error)
+    return CallOutcome(caller, time.monotonic() - started, answered=answered)
 
 
 async def soak(

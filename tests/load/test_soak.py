@@ -26,6 +26,10 @@ async def test_calls_cycling_through_one_worker_lose_nothing_and_leak_nothing(
     print(report.as_json())
     assert not report.failures, report.as_json()["failed"]
     assert len(report.calls) >= 10, "too few calls to say anything"
+    # 2 of 106 questions in a 10-minute soak got interim transcripts but no final from the
+    # stand-in STT under load (the calls still ended normally): counted, bounded, not hidden
+    unanswered = report.as_json()["unanswered"]
+    assert len(unanswered) <= len(report.calls) // 10, unanswered
     # every dispatched room got a job that ran to a normal end: no job lost or failed
     assert report.dispatched == len(report.calls)
     assert report.jobs == {"JS_SUCCESS": len(report.calls)}
