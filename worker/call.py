@@ -231,6 +231,10 @@ class Call(CallListener):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._reprompted = False
         self._input_over = False
+        # the caller's goodbye: the reply to a closing turn ends the call
+        self._goodbyes = setup.agent.goodbyes()
+        self._turn_began = 0.0
+        self._closing_since: float | None = None
         # the user's turn so far, for interim transcripts
         self._turn_finals: list[str] = []
         # agent speech not yet reported, so the ending can wait for its transcript
@@ -401,6 +405,7 @@ class Call(CallListener):
         self._user_speaking = ev.new_state == "speaking"
         if self._user_speaking:
             self._reprompted = False
+            self._turn_began = ev.created_at
         self._update_idle_timer()
 
     def _on_user_transcribed(self, ev: lk_events.UserInputTranscribedEvent) -> None:
@@ -422,6 +427,12 @@ class Call(CallListener):
         if item.role == "user":
             self._turn_finals.clear()
             self._user_turns += 1
+            closing = self._goodbyes is not None and self._goodbyes.is_goodbye(
+                item.text_content or ""
+            )
+            self._closing_since = self._turn_began if closing else None
+            if closing:
+                self.log.info("the caller said goodbye: the call ends after the reply")
             self._outbox.put(lambda e: e.transcript("user", item.text_content or "", final=True))
         elif item.role == "assistant" and item.metrics:
             self._latencies.append(
@@ -437,14 +448,14 @@ class Call(CallListener):
         self._unreported.add(reported)
 
         def done(handle: SpeechHandle) -> None:
-            self._on_speech_done(handle)
+            self._on_speech_done(handle, created_at=ev.created_at)
             self._unreported.discard(reported)
             reported.set_result(None)
 
         ev.speech_handle.add_done_callback(done)
 
-    def _on_speech_done(self, handle: SpeechHandle) -> None:
-        """Report an agent turn that ended."""
+    def _on_speech_done(self, handle: SpeechHandle, *, created_at: float) -> None:
+        """Report an agent turn that ended; the reply to the caller's goodbye ends the call."""
         if not handle.scheduled:
             return  # a preemptive generation that was discarded: never a turn
         text = " ".join(
@@ -452,12 +463,21 @@ class Call(CallListener):
             for item in handle.chat_items
             if isinstance(item, ChatMessage) and item.role == "assistant"
         ).strip()
-        if not text and not handle.interrupted:
-            return  # a tool-only step, nothing was said
-        self._agent_turns += 1
-        self._interruptions += handle.interrupted
         interrupted = handle.interrupted
-        self._outbox.put(lambda e: e.transcript("agent", text, final=True, interrupted=interrupted))
+        if text or interrupted:  # else a tool-only step, or a reply with nothing to say
+            self._agent_turns += 1
+            self._interruptions += interrupted
+            self._outbox.put(
+                lambda e: e.transcript("agent", text, final=True, interrupted=interrupted)
+            )
+        tool_step = any(isinstance(item, llm.FunctionCall) for item in handle.chat_items)
+        if (
+            self._closing_since is not None
+            and created_at >= self._closing_since  # a reply to the goodbye, not older speech
+            and not interrupted
+            and not tool_step  # a tool's result is answered by a speech of its own
+        ):
+            self.request_end(EndReason.AGENT_ENDED, detail="the caller said goodbye")
 
     def _on_false_interruption(self, ev: lk_events.AgentFalseInterruptionEvent) -> None:
         self.log.info("false interruption, resumed=%s", ev.resumed)

@@ -124,10 +124,11 @@ def agents(
         row: dict[str, object] = {"id": agent.id, "name": agent.name, "file": agent.source}
         for stage in STAGES:
             row[stage] = [describe(entry) for entry in getattr(resolved, stage)]
-        acknowledgements = resolved.acknowledgements()
+        acknowledgements, goodbyes = resolved.acknowledgements(), resolved.goodbyes()
         row["turn_taking"] = {
             "detection": resolved.turn_taking.detection,
             "acknowledgements": len(acknowledgements) if acknowledgements else 0,
+            "goodbyes": len(goodbyes) if goodbyes else 0,
         }
         problems = [p for p in start.problems if p.startswith(f"{agent.source}:")]
         row["start"] = "ready" if not problems else "refused: " + "; ".join(problems)
@@ -140,11 +141,11 @@ def agents(
         for stage in STAGES:
             typer.echo(f"    {stage}: {' -> '.join(row[stage])}")  # type: ignore[arg-type]
         turns: dict[str, object] = row["turn_taking"]  # type: ignore[assignment]
-        phrases = turns["acknowledgements"]
-        typer.echo(
-            f"    turns: {turns['detection']}, acknowledgements "
-            + (f"on ({phrases} phrases)" if phrases else "off")
-        )
+        lists = [
+            f"{name} " + (f"on ({n} phrases)" if (n := turns[name]) else "off")
+            for name in ("acknowledgements", "goodbyes")
+        ]
+        typer.echo(f"    turns: {turns['detection']}, {', '.join(lists)}")
         typer.echo(f"    start: {row['start']}")
     for line in dev.fallbacks:
         typer.echo(f"note: {line}")

@@ -174,16 +174,16 @@ class Interruption(_Strict):
     resume_false_interruption: bool = True
 
 
-MAX_ACKNOWLEDGEMENTS = 200
+MAX_PHRASES = 200
 
 
-class Acknowledgements(_Strict):
-    """What the caller says over the agent to mean "go on": not a turn, not a barge-in."""
+class _Phrases(_Strict):
+    """A list of caller phrases that the agent's language has a default for."""
 
     enabled: bool | None = None
     """Default: on when the agent's language has a built-in list (`phrases` otherwise)."""
     phrases: list[Annotated[str, Field(min_length=1, max_length=40)]] | None = Field(
-        default=None, min_length=1, max_length=MAX_ACKNOWLEDGEMENTS
+        default=None, min_length=1, max_length=MAX_PHRASES
     )
     """Replaces the language's built-in list (see worker/turns/phrases.py)."""
 
@@ -200,19 +200,48 @@ class Acknowledgements(_Strict):
 
     @field_validator("phrases")
     @classmethod
-    def _phrases_are_acknowledgements(cls, value: list[str] | None) -> list[str] | None:
+    def _phrases_have_words(cls, value: list[str] | None) -> list[str] | None:
         for i, phrase in enumerate(value or []):
             said = phrases.words(phrase)
             if not said:
                 raise ValueError(f"[{i}] {phrase!r} has no words")
             if len(said) > phrases.MAX_PHRASE_WORDS:
                 raise ValueError(f"[{i}] {phrase!r} has more than {phrases.MAX_PHRASE_WORDS} words")
-            if stop := sorted(set(said) & phrases.STOP_WORDS):
+        return value
+
+    def in_use(self, language: str, defaults: Mapping[str, tuple[str, ...]]) -> bool:
+        """Whether the phrases are on; raises naming the field when on without any."""
+        if self.enabled is False:
+            return False
+        if self.phrases is not None or defaults.get(phrases.primary_language(language)):
+            return True
+        if self.enabled:
+            raise ValueError(
+                f"phrases: no built-in list for language {language!r}; list the phrases, or set "
+                "enabled: false"
+            )
+        return False
+
+
+class Acknowledgements(_Phrases):
+    """What the caller says over the agent to mean "go on": not a turn, not a barge-in."""
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases_are_acknowledgements(cls, value: list[str] | None) -> list[str] | None:
+        for i, phrase in enumerate(value or []):
+            if stop := sorted(set(phrases.words(phrase)) & phrases.STOP_WORDS):
                 raise ValueError(
                     f"[{i}] {phrase!r}: {stop[0]!r} asks the agent to stop, so it must keep "
                     "interrupting"
                 )
         return value
+
+
+class Goodbyes(_Phrases):
+    """What the caller says to end the call ("goodbye", "that's all"): a turn made of these
+    (with thanks and acknowledgements) is answered, then the call ends (`agent_ended`), whether
+    or not the LLM calls `end_call`."""
 
 
 class TurnTaking(_Strict):
@@ -223,6 +252,7 @@ class TurnTaking(_Strict):
     endpointing: Endpointing = Endpointing()
     interruption: Interruption = Interruption()
     acknowledgements: Acknowledgements = Acknowledgements()
+    goodbyes: Goodbyes = Goodbyes()
     greeting_interruptible: bool = False
     aec_warmup: Annotated[float, Field(ge=0, le=10)] = 1.0
     """Seconds at the start of the first agent speech during which barge-in is ignored."""
@@ -333,33 +363,45 @@ class AgentConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _acknowledgements_usable(self) -> AgentConfig:
-        acks = self.turn_taking.acknowledgements
-        where = "turn_taking.acknowledgements"
-        if (
-            acks.enabled
-            and acks.phrases is None
-            and not phrases.ACKNOWLEDGEMENTS.get(phrases.primary_language(self.language))
-        ):
+    def _phrases_usable(self) -> AgentConfig:
+        turns = self.turn_taking
+        for name in ("acknowledgements", "goodbyes"):
+            try:
+                getattr(self, name)()
+            except ValueError as exc:
+                raise ValueError(f"turn_taking.{name}.{exc}") from None
+        if self.acknowledgements() and not turns.interruption.resume_false_interruption:
             raise ValueError(
-                f"{where}.phrases: no built-in list for language {self.language!r}; list the "
-                "phrases, or set enabled: false"
+                "turn_taking.acknowledgements: needs interruption.resume_false_interruption (the "
+                "agent pauses at the first sound and resumes once the words are an "
+                "acknowledgement)"
             )
-        if self.acknowledgements() and not self.turn_taking.interruption.resume_false_interruption:
-            raise ValueError(
-                f"{where}: needs interruption.resume_false_interruption (the agent pauses at "
-                "the first sound and resumes once the words are an acknowledgement)"
-            )
+        acks = self.acknowledgements()
+        for i, phrase in enumerate(turns.goodbyes.phrases or []):
+            if acks is not None and acks.is_acknowledgement(phrase):
+                raise ValueError(
+                    f"turn_taking.goodbyes.phrases: [{i}] {phrase!r} is an acknowledgement too: "
+                    "the call would end on every one"
+                )
         return self
 
     def acknowledgements(self) -> phrases.PhraseSet | None:
         """The acknowledgement phrases in use, or None when they are off."""
         acks = self.turn_taking.acknowledgements
-        if acks.enabled is False:
+        if not acks.in_use(self.language, phrases.ACKNOWLEDGEMENTS):
             return None
         if acks.phrases is not None:
             return phrases.PhraseSet(acks.phrases)
         return phrases.default_acknowledgements(self.language)
+
+    def goodbyes(self) -> phrases.Goodbyes | None:
+        """The caller's closing phrases in use, or None when they are off."""
+        goodbyes = self.turn_taking.goodbyes
+        if not goodbyes.in_use(self.language, phrases.GOODBYES):
+            return None
+        if goodbyes.phrases is not None:
+            return phrases.goodbyes(goodbyes.phrases, self.language)
+        return phrases.default_goodbyes(self.language)
 
     def templates(self) -> Iterator[tuple[str, str]]:
         """Every text that may hold `{placeholders}`, with the field it came from."""

@@ -176,6 +176,7 @@ def test_agents_show_their_turn_taking_and_the_fallback_without_the_model(tmp_pa
     support = next(a for a in json.loads(result.stdout) if a["id"].startswith("5b710eca"))
     assert support["turn_taking"]["detection"] == "smart_turn"
     assert support["turn_taking"]["acknowledgements"] > 10, "the English list"
+    assert support["turn_taking"]["goodbyes"] > 10, "the English list"
     empty = tmp_path / "no-models"
     result = run("agents", cwd=tmp_path, WORKER_MODEL_CACHE=str(empty))
     assert result.returncode == 0, "a missing end-of-turn model never stops the worker"

@@ -192,6 +192,27 @@ def test_valid_file_fields_and_defaults(tmp_path: Path) -> None:
         ),
         (
             "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {goodbyes: {phrases: [bye, okay]}}",
+            "turn_taking.goodbyes.phrases: [1] 'okay' is an acknowledgement too: the call would "
+            "end on every one",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nlanguage: ja\nturn_taking: {goodbyes: {enabled: true}}",
+            "turn_taking.goodbyes.phrases: no built-in list for language 'ja'",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {goodbyes: {phrases: [bye, on]}}",
+            "turn_taking.goodbyes.phrases: [1] YAML reads an unquoted yes/no/on/off as True",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
+            "tts: [{provider: elevenlabs}]\nturn_taking: {goodbyes: {phrases: [bye], when: end}}",
+            "turn_taking.goodbyes.when: Extra inputs are not permitted",
+        ),
+        (
+            "tts: [{provider: elevenlabs}]",
             "tts: [{provider: elevenlabs}]\n"
             "turn_taking: {interruption: {resume_false_interruption: false}}",
             "turn_taking.acknowledgements: needs interruption.resume_false_interruption",
@@ -264,10 +285,30 @@ def test_acknowledgements_follow_the_language_or_the_file(tmp_path: Path) -> Non
     assert custom is not None
     assert custom.is_acknowledgement("Roger, copy that.")
     assert not custom.is_acknowledgement("Yeah."), "the file's list replaces the default"
+
+
+def test_goodbyes_follow_the_language_or_the_file(tmp_path: Path) -> None:
+    english = load_agent_file(write(tmp_path, "en.md", VALID)).goodbyes()
+    assert english is not None, "English agents end the call on a goodbye by default"
+    assert english.is_goodbye("Great, that is all. Thank you, goodbye.")
+    german = VALID.replace("id:", "language: de-AT\nid:")
+    deutsch = load_agent_file(write(tmp_path, "de.md", german)).goodbyes()
+    assert deutsch is not None
+    assert deutsch.is_goodbye("Danke schön, auf Wiederhören!")
+    assert not deutsch.is_goodbye("Goodbye.")
+    own = VALID.replace("id:", "turn_taking: {goodbyes: {phrases: [over and out]}}\nid:")
+    custom = load_agent_file(write(tmp_path, "own.md", own)).goodbyes()
+    assert custom is not None
+    assert custom.is_goodbye("Thanks, over and out.")
+    assert not custom.is_goodbye("Goodbye."), "the file's list replaces the default"
+
+
+@pytest.mark.parametrize("name", ["acknowledgements", "goodbyes"])
+def test_phrase_lists_are_off_without_a_list_or_when_turned_off(tmp_path: Path, name: str) -> None:
     japanese = VALID.replace("id:", "language: ja\nid:")
-    assert load_agent_file(write(tmp_path, "ja.md", japanese)).acknowledgements() is None
-    off = VALID.replace("id:", "turn_taking: {acknowledgements: {enabled: false}}\nid:")
-    assert load_agent_file(write(tmp_path, "off.md", off)).acknowledgements() is None
+    assert getattr(load_agent_file(write(tmp_path, "ja.md", japanese)), name)() is None
+    off = VALID.replace("id:", f"turn_taking: {{{name}: {{enabled: false}}}}\nid:")
+    assert getattr(load_agent_file(write(tmp_path, "off.md", off)), name)() is None
 
 
 def test_a_custom_apology_plays_from_its_own_recording(tmp_path: Path) -> None:

@@ -23,7 +23,13 @@ from worker.turns import detector as detector_module
 from worker.turns import smart_turn
 from worker.turns.barge_in import AcknowledgementFilter, resume_paused_speech
 from worker.turns.detector import AudioTap, EndOfTurnDetector, ModelRunner
-from worker.turns.phrases import PhraseSet, default_acknowledgements, ends_mid_sentence, words
+from worker.turns.phrases import (
+    PhraseSet,
+    default_acknowledgements,
+    default_goodbyes,
+    ends_mid_sentence,
+    words,
+)
 
 KEYS = {"DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "sk", "ELEVEN_API_KEY": "el"}
 
@@ -64,6 +70,43 @@ def test_not_acknowledgements(text: str) -> None:
     phrases = default_acknowledgements("en")
     assert phrases is not None
     assert not phrases.is_acknowledgement(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Goodbye.",
+        "Good-bye!",
+        "Thank you for your help, goodbye.",
+        "Great, that is all. Thank you, goodbye.",
+        "No, that's all, thanks. Bye!",
+        "Okay, bye then.",
+        "Thanks, you too. Have a nice day!",
+        "Um, no thank you, that's it.",
+    ],
+)
+def test_goodbyes(text: str) -> None:
+    goodbyes = default_goodbyes("en-GB")
+    assert goodbyes is not None
+    assert goodbyes.is_goodbye(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I want to say goodbye to my old plan.",  # a request that holds a goodbye
+        "That's all I wanted to ask about my order?",
+        "Okay, thanks.",  # thanks alone: the caller may go on
+        "No.",
+        "Bye the way, where is my parcel?",
+        "Goodbye goodbye goodbye goodbye goodbye goodbye goodbye",  # more than six parts
+        "",
+    ],
+)
+def test_not_goodbyes(text: str) -> None:
+    goodbyes = default_goodbyes("en")
+    assert goodbyes is not None
+    assert not goodbyes.is_goodbye(text)
 
 
 def test_the_beginning_of_an_acknowledgement_may_become_one() -> None:

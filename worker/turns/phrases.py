@@ -6,6 +6,8 @@
 - Continuation words: a sentence does not end on "the", "my", "and", "to" or "um". A transcript
   ending on one is a caller who paused mid-sentence, whatever the audio model thinks.
 - Not acknowledgements: words that ask the agent to stop; an agent file may not list them.
+- Goodbyes ("goodbye", "that's all", "have a nice day"): a caller's turn made only of them, thanks
+  and acknowledgements ("Great, that is all. Thank you, goodbye.") ends the call after the reply.
 
 Transcripts are compared as lowercase words without punctuation: "Uh-huh." is `uh huh`.
 """
@@ -78,6 +80,42 @@ STOP_WORDS = frozenset(
 )
 """Words that ask the agent to stop or let the caller speak: never part of an acknowledgement
 (an agent file listing one is refused at start)."""
+
+GOODBYES: dict[str, tuple[str, ...]] = {
+    "en": _words_list(
+        "goodbye|good bye|bye|bye bye|bye now|see you|see ya|talk to you later|take care|"
+        "have a nice day|have a good day|have a great day|that's all|that is all|that's it|"
+        "that's everything|that'll be all|nothing else|i'm done|i'm all set|all set|hang up"
+    ),
+    "es": _words_list("adiós|adios|hasta luego|hasta pronto|chao|chau|eso es todo|nada más"),
+    "fr": _words_list(
+        "au revoir|salut|bonne journée|bonne soirée|à bientôt|c'est tout|rien d'autre"
+    ),
+    "de": _words_list(
+        "auf wiedersehen|auf wiederhören|tschüss|tschüs|bis bald|das war's|das wars|"
+        "das ist alles|schönen tag noch"
+    ),
+    "it": _words_list("arrivederci|a presto|buona giornata|è tutto|nient'altro"),
+    "pt": _words_list("tchau|adeus|até logo|até mais|é só isso|só isso|mais nada"),
+}
+"""Default goodbyes per language (an agent's `turn_taking.goodbyes.phrases` replaces its
+language's list). Words that also greet ("ciao", "salut") are left out: a caller answering the
+greeting with one would end the call."""
+
+THANKS: dict[str, tuple[str, ...]] = {
+    "en": _words_list(
+        "thanks|thank you|thank you very much|thanks a lot|many thanks|cheers|for your help|"
+        "for all your help|for now|then|so|no|nope|no thanks|no thank you|you too|and|um|uh|er|erm"
+    ),
+    "es": _words_list("gracias|muchas gracias|no|nada|entonces|por tu ayuda|por su ayuda"),
+    "fr": _words_list("merci|merci beaucoup|non|alors|pour votre aide"),
+    "de": _words_list("danke|danke schön|vielen dank|nein|dann|für ihre hilfe"),
+    "it": _words_list("grazie|grazie mille|no|allora|per l'aiuto"),
+    "pt": _words_list("obrigado|obrigada|muito obrigado|muito obrigada|não|então"),
+}
+"""What may come with a goodbye without making it a request: thanks, "no", "for now"."""
+
+MAX_GOODBYE_PARTS = 6
 
 CONTINUATIONS: dict[str, frozenset[str]] = {
     "en": frozenset(
@@ -189,6 +227,25 @@ class PhraseSet:
         return False
 
 
+class Goodbyes:
+    """A caller's closing turn: nothing but goodbyes, thanks and acknowledgements, with at least
+    one goodbye ("No, that's all, thanks. Bye!"), but never a request that merely holds one ("I
+    want to say goodbye to my old plan")."""
+
+    def __init__(self, goodbyes: Iterable[str], extras: Iterable[str]) -> None:
+        self._goodbyes = frozenset(w for w in map(words, goodbyes) if w)
+        self._parts = self._goodbyes | frozenset(w for w in map(words, extras) if w)
+
+    def __len__(self) -> int:
+        return len(self._goodbyes)
+
+    def is_goodbye(self, text: str) -> bool:
+        said = words(text)
+        if not said or not _covers(said, self._parts, MAX_GOODBYE_PARTS):
+            return False
+        return any(said[i : i + len(g)] == g for g in self._goodbyes for i in range(len(said)))
+
+
 def _covers(said: tuple[str, ...], phrases: frozenset[tuple[str, ...]], most: int) -> bool:
     """Whether `said` splits into 1..`most` phrases (empty `said`: only when `most` allows 0)."""
     if not said:
@@ -205,6 +262,18 @@ def _covers(said: tuple[str, ...], phrases: frozenset[tuple[str, ...]], most: in
 def default_acknowledgements(language: str) -> PhraseSet | None:
     phrases = ACKNOWLEDGEMENTS.get(primary_language(language))
     return PhraseSet(phrases) if phrases else None
+
+
+@cache
+def default_goodbyes(language: str) -> Goodbyes | None:
+    lang = primary_language(language)
+    return goodbyes(GOODBYES[lang], language) if lang in GOODBYES else None
+
+
+def goodbyes(phrases: Iterable[str], language: str) -> Goodbyes:
+    """`phrases` as goodbyes, with the language's thanks and acknowledgements around them."""
+    lang = primary_language(language)
+    return Goodbyes(phrases, (*THANKS.get(lang, ()), *ACKNOWLEDGEMENTS.get(lang, ())))
 
 
 def ends_mid_sentence(text: str, language: str) -> bool:
