@@ -1,0 +1,136 @@
+"""The local LLM as calls reach it (`ToolSafeLLM` around the real OpenAI plugin, built by the
+worker's own `build_providers`), against a stand-in of llama.cpp's server that refuses an answer
+naming a tool the request did not offer, as llama.cpp does: HTTP 500 before a non-streamed
+reply, an error event with code 500 in a streamed one. The request is asked once more without
+tools, the caller gets the words, and the session sees no error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from livekit.agents import APIConnectOptions, APIError, llm
+
+from tests.harness import make_agent
+from worker.agent import VoiceAgent
+from worker.local_runtime import LocalRuntime
+from worker.pipeline import load_vad
+from worker.providers import AnyLLM, build_providers
+from worker.settings import VADSettings
+
+REFUSAL = {
+    "code": 500,
+    "message": "The model produced output that does not match the expected peg-native format",
+    "type": "server_error",
+}
+ANSWER = "Sure, what is your order number?"
+
+
+class LlamaCppStandIn:
+    """`/v1/chat/completions`: with tools, the model "names an unknown tool" and the request
+    fails (`refuse`: "status" or "event"); without tools, it answers in words."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse = refuse
+        self.broken = False
+        """Every request fails, with tools or without."""
+        self.requests: list[dict[str, Any]] = []
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        if self.broken or (body.get("tools") and self.refuse == "status"):
+            return web.json_response({"error": REFUSAL}, status=500)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if body.get("tools"):
+            await response.write(f"data: {json.dumps({'error': REFUSAL})}\n\n".encode())
+            return response
+        for piece in (ANSWER[:5], ANSWER[5:]):
+            chunk = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "local",
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+@pytest.fixture(params=["status", "event"])
+async def llama_cpp(request: pytest.FixtureRequest) -> AsyncIterator[tuple[LlamaCppStandIn, str]]:
+    stand_in = LlamaCppStandIn(request.param)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", stand_in.chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield stand_in, f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()
+
+
+def local_llm(url: str) -> AnyLLM:
+    agent = make_agent(llm=[{"provider": "local"}])
+    runtime = LocalRuntime(vad=load_vad(VADSettings()), llm_url=url)
+    env = {"DEEPGRAM_API_KEY": "dg", "ELEVEN_API_KEY": "el"}
+    return build_providers(agent, env, runtime).llm
+
+
+def chat_context() -> llm.ChatContext:
+    ctx = llm.ChatContext()
+    ctx.add_message(role="system", content="You are a support agent.")
+    ctx.add_message(role="user", content="Hi, I'd like to check on my order.")
+    return ctx
+
+
+async def test_an_unparsable_tool_call_is_asked_again_without_tools(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    stand_in, url = llama_cpp
+    model = local_llm(url)
+    errors: list[Any] = []
+    model.on("error", errors.append)
+    agent = VoiceAgent(
+        instructions="x", greeting="Hi", greeting_interruptible=False, on_end_call=lambda: None
+    )
+    text = ""
+    async with model.chat(
+        chat_ctx=chat_context(),
+        tools=[t for t in agent.tools if isinstance(t, llm.Tool)],
+        conn_options=APIConnectOptions(max_retry=1, retry_interval=0, timeout=5),
+    ) as stream:
+        async for chunk in stream:
+            if chunk.delta is not None:
+                text += chunk.delta.content or ""
+    assert text == ANSWER
+    assert [bool(r.get("tools")) for r in stand_in.requests] == [True, False], (
+        "one refused request with the tools, then one without: no blind retry of the refusal"
+    )
+    assert "tool_choice" not in stand_in.requests[1]
+    assert errors == [], "the session never hears of the refusal"
+
+
+async def test_a_failure_without_tools_is_reported_as_before(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    stand_in, url = llama_cpp
+    stand_in.broken = True
+    model = local_llm(url)
+    errors: list[Any] = []
+    model.on("error", errors.append)
+    stream = model.chat(
+        chat_ctx=chat_context(),
+        conn_options=APIConnectOptions(max_retry=1, retry_interval=0, timeout=5),
+    )
+    with pytest.raises(APIError):
+        await stream.collect()
+    await stream.aclose()
+    assert [e.recoverable for e in errors] == [True, False], "retried once, then given up"
+    assert [bool(r.get("tools")) for r in stand_in.requests] == [False, False]

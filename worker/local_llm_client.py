@@ -1,0 +1,140 @@
+"""The calls' side of the local LLM: llama.cpp's server through the OpenAI plugin, with the one
+repair a small model needs.
+
+A small model sometimes answers with a call to a tool the agent does not have. llama.cpp then
+cannot parse its answer into OpenAI `tool_calls` and fails the request ("does not match the
+expected peg-native format": HTTP 500, or an error event with code 500 when streamed); LiveKit
+would retry the same request, get the same failure and end the call on an LLM error. Here the
+request is asked once more without tools, so the caller hears an answer in words instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    NOT_GIVEN,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    NotGivenOr,
+    llm,
+)
+from livekit.agents.llm import ChatContext, Tool, ToolChoice
+
+logger = logging.getLogger("worker.local_llm")
+
+UNPARSED_TOOL_CALL = 500
+"""llama.cpp's status for a model answer its tool-call parser rejects."""
+
+
+class ToolSafeLLM(llm.LLM[None]):
+    """Wraps the OpenAI plugin's LLM pointed at the local server (see the module doc)."""
+
+    def __init__(self, inner: llm.LLM[Any]) -> None:
+        super().__init__()
+        self._inner = inner
+        inner.on("metrics_collected", self._forward_metrics)
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    def chat(
+        self,
+        *,
+        chat_ctx: ChatContext,
+        tools: list[Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        return _ToolSafeStream(
+            self,
+            inner=self._inner,
+            chat_ctx=chat_ctx,
+            tools=tools or [],
+            conn_options=conn_options,
+            request={
+                "parallel_tool_calls": parallel_tool_calls,
+                "tool_choice": tool_choice,
+                "extra_kwargs": extra_kwargs,
+            },
+        )
+
+    def prewarm(self, *, loop: Any = None) -> None:
+        self._inner.prewarm(loop=loop)
+
+    async def aclose(self) -> None:
+        self._inner.off("metrics_collected", self._forward_metrics)
+        await self._inner.aclose()
+
+    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
+        self.emit("metrics_collected", *args, **kwargs)
+
+
+class _ToolSafeStream(llm.LLMStream):
+    def __init__(
+        self,
+        outer: ToolSafeLLM,
+        *,
+        inner: llm.LLM[Any],
+        chat_ctx: ChatContext,
+        tools: list[Tool],
+        conn_options: APIConnectOptions,
+        request: dict[str, Any],
+    ) -> None:
+        super().__init__(outer, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._inner = inner
+        self._request = request
+        self._answered = False
+
+    async def _run(self) -> None:
+        try:
+            await self._attempt(self._tools)
+        except APIError as exc:
+            if not (self._tools and _unparsed_tool_call(exc) and not self._answered):
+                raise
+            logger.warning(
+                "the local model answered with a tool call the server could not parse (%s): "
+                "asking again without tools",
+                exc,
+            )
+            await self._attempt([])
+
+    async def _attempt(self, tools: list[Tool]) -> None:
+        """One request to the local server; its retries are this stream's, not the plugin's."""
+        request = dict(self._request)
+        if not tools:
+            request["tool_choice"] = NOT_GIVEN
+        async with self._inner.chat(
+            chat_ctx=self._chat_ctx,
+            tools=tools,
+            conn_options=dataclasses.replace(self._conn_options, max_retry=0),
+            **request,
+        ) as stream:
+            async for chunk in stream:
+                self._answered = True  # a failure after this is the plugin's to report
+                self._event_ch.send_nowait(chunk)
+
+    async def _metrics_monitor_task(self, event_aiter: Any) -> None:
+        """The inner stream reports the request's metrics (forwarded by `ToolSafeLLM`)."""
+        async for _ in event_aiter:
+            pass
+
+
+def _unparsed_tool_call(exc: APIError) -> bool:
+    """llama.cpp's refusal of the answer: HTTP 500 before a non-streamed reply, or, streamed,
+    an error event with code 500 (the OpenAI SDK's APIError, its body kept as the cause)."""
+    if isinstance(exc, APIStatusError):
+        return exc.status_code == UNPARSED_TOOL_CALL
+    body = getattr(exc.__cause__, "body", None)
+    return isinstance(body, dict) and body.get("code") == UNPARSED_TOOL_CALL
