@@ -14,6 +14,10 @@ settings.register_profile("ci", derandomize=True, deadline=None, max_examples=30
 settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
+# The fast plumbing tests run the bundled SmolLM2 (load < 1 s, 100 MB); the tests of the default
+# 1.5B ask for it by name. Set before anything reads it, and inherited by the worker processes.
+os.environ.setdefault("WORKER_LOCAL_LLM", "smollm2-135m")
+
 
 TESTS = Path(__file__).resolve().parent
 GROUPS = ("unit", "pipeline", "local", "providers", "scenarios", "api", "fuzz", "e2e", "load")

@@ -366,7 +366,7 @@ def local_models(registry: AgentRegistry) -> Iterator[str | None]:
     for as long as the block runs; yields the server's URL."""
     from .config import LocalLLM, LocalSTT
     from .local_llm import LocalLLMServer
-    from .local_runtime import llm_threads, local_entries, missing_packages
+    from .local_runtime import llm_batch_threads, llm_threads, local_entries, missing_packages
     from .local_stt import ensure_bundled_model
     from .model_files import LocalModelError
 
@@ -376,7 +376,13 @@ def local_models(registry: AgentRegistry) -> Iterator[str | None]:
         if any(entry.model is None for entry in local_entries(registry, LocalSTT)):
             ensure_bundled_model()
         entries = local_entries(registry, LocalLLM)
-        server = LocalLLMServer(entries[0].model, threads=llm_threads()) if entries else None
+        server = (
+            LocalLLMServer(
+                entries[0].model, threads=llm_threads(), batch_threads=llm_batch_threads()
+            )
+            if entries
+            else None
+        )
         url = server.start() if server else None
     except LocalModelError as exc:
         fail(str(exc))

@@ -108,10 +108,13 @@ class LocalSTT(_ProviderBase):
 
 
 class LocalLLM(_ProviderBase):
-    """A small model served by the worker itself (llama.cpp); `model` is a GGUF file. Default:
-    the bundled SmolLM2-135M, good for trying the pipeline, not for answering callers."""
+    """A small model served by the worker itself (llama.cpp); `model` is a bundled model's name
+    (`qwen2.5-coder-1.5b`, `smollm2-135m`) or a GGUF file. Default: `WORKER_LOCAL_LLM`, else
+    the 1.5B."""
 
     provider: Literal["local"]
+    timeout: Seconds = 15.0
+    """A local model's first token waits for it to read the prompt: seconds on a small CPU."""
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
     max_tokens: Annotated[int, Field(gt=0, le=4096)] = 80
     max_history: Annotated[int, Field(ge=2, le=1000)] | None = 8

@@ -83,7 +83,9 @@ def install_qwen(target: Path | None = None) -> Path:
 
 QWEN = "qwen2.5-coder-1.5b"
 SMOLLM2 = "smollm2-135m"
-DEFAULT_MODEL = SMOLLM2
+DEFAULT_MODEL = QWEN
+"""The 1.5B: sensible short answers on support turns, where SmolLM2 (a plumbing model, kept
+for fast tests and tiny machines) gives none; about +1.65 GB RSS and +1 s per turn."""
 MODEL_ENV = "WORKER_LOCAL_LLM"
 """The model of local LLM entries without `model`: a bundled name, or a path to a GGUF file."""
 QWEN_TEMPLATE = Path(__file__).parent / "assets" / "qwen2.5-tools.jinja"
@@ -132,16 +134,20 @@ def bundled_model() -> Path:
 class LocalLLMServer:
     """llama.cpp's server in this process, on a free port of 127.0.0.1."""
 
-    def __init__(self, model: str | None, *, threads: int, parallel: int = 4) -> None:
+    def __init__(
+        self, model: str | None, *, threads: int, batch_threads: int = 0, parallel: int = 4
+    ) -> None:
         self.model = resolve_model(model)
         self.model_path = self.model.path
         self._threads = threads
+        self._batch_threads = batch_threads
         self._parallel = parallel
         self._server: Any = None
         self.base_url = ""
 
-    def start(self, *, timeout: float = 30.0) -> str:
-        """Start serving and wait until healthy; returns the OpenAI `base_url` (…/v1)."""
+    def start(self, *, timeout: float = 120.0) -> str:
+        """Start serving and wait until healthy; returns the OpenAI `base_url` (…/v1). The 1.5B
+        loads in 3-5 s warm, up to ~25 s from a cold disk cache on a loaded machine."""
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -149,7 +155,9 @@ class LocalLLMServer:
         params.n_parallel = self._parallel
         params.n_ctx = CONTEXT_PER_CALL * self._parallel
         params.cpuparams.n_threads = self._threads
-        params.cpuparams_batch.n_threads = self._threads
+        # reading a prompt is batched work that scales with cores (190 tokens: 6.5 s on one
+        # thread, 4.0 s on two); generating stays on `threads`, so Whisper and Piper keep a core
+        params.cpuparams_batch.n_threads = max(self._threads, self._batch_threads)
         params.use_jinja = True  # chat templates with tools: the agents' end_call tool
         if self.model.chat_template is not None:
             params.chat_template = self.model.chat_template

@@ -44,6 +44,11 @@ def llm_threads() -> int:
     return int(os.environ.get("WORKER_LLM_THREADS") or max(1, min(cores() - 1, 4)))
 
 
+def llm_batch_threads() -> int:
+    """Threads with which the local LLM reads prompts: every core, at most 4."""
+    return min(cores(), 4)
+
+
 @dataclass
 class LocalRuntime:
     """What a call needs to build local providers in this process."""

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -282,7 +283,9 @@ def describe(entry: ProviderEntry) -> str:
     if isinstance(entry, LocalSTT):
         return f"local:whisper-{entry.model or 'base (bundled)'}"
     if isinstance(entry, LocalLLM):
-        return f"local:{entry.model or 'SmolLM2-135M (bundled)'}"
+        from .local_llm import DEFAULT_MODEL, MODEL_ENV
+
+        return f"local:{entry.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL}"
     if isinstance(entry, LocalTTS):
         return f"local:piper-{entry.voice or 'joe (bundled)'}"
     return f"{entry.provider}:{entry.model or DEFAULT_MODELS[entry.provider]}"

@@ -19,6 +19,7 @@ import yaml
 
 from tests.harness import check_call_events, wer
 from tests.local.conftest import read_wav, speech_segments, to_16k_float
+from worker.local_llm import QWEN
 from worker.local_stt import WhisperSTT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ def said(events: list[dict[str, object]], role: str) -> list[dict[str, object]]:
 def test_a_clean_recorded_call(tmp_path: Path, whisper: WhisperSTT) -> None:
     events, agent_wav, stderr = simulate("support_call", tmp_path)
     check_call_events(events)
-    assert events[-1]["reason"] == "input_ended"
+    assert events[-1]["reason"] == "agent_ended", "the caller's goodbye ends the call"
     agent = said(events, "agent")
     assert agent[0]["text"] == GREETING
     assert len(agent) >= 2, "the agent answered"
@@ -88,6 +89,22 @@ def test_a_clean_recorded_call(tmp_path: Path, whisper: WhisperSTT) -> None:
     )
     written = " ".join(str(e["text"]) for e in agent)
     assert wer(written, spoken) <= 0.25, f"audio: {spoken!r}\nevents: {written!r}"
+
+
+@pytest.mark.timeout(300)
+def test_the_default_1_5b_model_holds_the_call(tmp_path: Path) -> None:
+    """The README's first command with the default local LLM (the suite otherwise runs the
+    small SmolLM2): every answer is spoken words, short, and the goodbye ends the call."""
+    events, _, _ = simulate("support_call", tmp_path, env={"WORKER_LOCAL_LLM": QWEN})
+    check_call_events(events)
+    assert events[-1]["reason"] == "agent_ended"
+    agent = said(events, "agent")
+    answers = [str(e["text"]) for e in agent[1:] if e["text"]]
+    assert answers, "the 1.5B answered"
+    assert agent[-1]["text"], "the goodbye was answered"
+    assert not agent[-1]["interrupted"], "and heard in full"
+    for answer in answers:
+        assert not re.search(r"[*#`_]|https?://|^\s*(-|\d+\.)\s", answer, re.M), answer
 
 
 @pytest.mark.timeout(300)

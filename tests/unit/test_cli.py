@@ -51,7 +51,7 @@ def test_agents_shows_the_providers_each_stage_will_use(tmp_path: Path) -> None:
     agents = {a["id"]: a for a in json.loads(result.stdout)}
     support = agents["5b710eca-ee67-4c3a-aeb6-8b541f451b40"]
     assert support["stt"] == ["local:whisper-base (bundled)"], "no key: local in development"
-    assert support["llm"] == ["local:SmolLM2-135M (bundled)"]
+    assert support["llm"] == ["local:qwen2.5-coder-1.5b"], "the default local LLM"
     assert support["start"].startswith("refused: ")
     assert "deepgram needs DEEPGRAM_API_KEY" in support["start"]
     keys = {"DEEPGRAM_API_KEY": "x" * 8, "OPENAI_API_KEY": "x" * 8, "ELEVEN_API_KEY": "x" * 8}

@@ -148,7 +148,7 @@ def test_development_falls_back_to_local_providers_and_says_so() -> None:
     assert resolution.problems == []
     (agent,) = resolution.registry
     assert [describe(e) for e in agent.stt] == ["deepgram:nova-3"]
-    assert [describe(e) for e in agent.llm] == ["local:SmolLM2-135M (bundled)"]
+    assert [describe(e) for e in agent.llm] == ["local:smollm2-135m"]
     assert [describe(e) for e in agent.tts] == ["local:piper-joe (bundled)"]
     assert resolution.fallbacks == [
         "prompts/a.md: llm[0]: openai has no OPENAI_API_KEY: using the local provider",
