@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from livekit import rtc
 from livekit.agents import (
     Agent,
+    APIConnectOptions,
     FlushSentinel,
     ModelSettings,
     RunContext,
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from .turns.call_turns import CallTurns
 
 logger = logging.getLogger("worker.agent")
+
+WARM_OPTIONS = APIConnectOptions(max_retry=0, timeout=60.0)
+"""Reading the prompt is the whole request (one token out): it may take its time, once."""
 
 
 class VoiceAgent(Agent):
@@ -63,6 +67,7 @@ class VoiceAgent(Agent):
                 chat_ctx=self.chat_ctx.copy(),
                 tools=[tool for tool in self.tools if isinstance(tool, llm.Tool)],
                 extra_kwargs={"max_completion_tokens": 1},
+                conn_options=WARM_OPTIONS,
             ) as stream:
                 async for _ in stream:
                     pass

@@ -5,7 +5,8 @@ A small model sometimes answers with a call to a tool the agent does not have. l
 cannot parse its answer into OpenAI `tool_calls` and fails the request ("does not match the
 expected peg-native format": HTTP 500, or an error event with code 500 when streamed); LiveKit
 would retry the same request, get the same failure and end the call on an LLM error. Here the
-request is asked once more without tools, so the caller hears an answer in words instead.
+request is asked once more without tools, so the caller hears an answer in words instead; when
+the model had already said something before the malformed call, what it said is the answer.
 """
 
 from __future__ import annotations
@@ -101,8 +102,16 @@ class _ToolSafeStream(llm.LLMStream):
         try:
             await self._attempt(self._tools)
         except APIError as exc:
-            if not (self._tools and _unparsed_tool_call(exc) and not self._answered):
+            if not (self._tools and _unparsed_tool_call(exc)):
                 raise
+            if self._answered:
+                # words, then a malformed call: the words are the answer (already spoken)
+                logger.warning(
+                    "the local model ended its answer with a tool call the server could not "
+                    "parse (%s): keeping the words",
+                    exc,
+                )
+                return
             logger.warning(
                 "the local model answered with a tool call the server could not parse (%s): "
                 "asking again without tools",
@@ -122,7 +131,7 @@ class _ToolSafeStream(llm.LLMStream):
             **request,
         ) as stream:
             async for chunk in stream:
-                self._answered = True  # a failure after this is the plugin's to report
+                self._answered = self._answered or bool(chunk.delta and chunk.delta.content)
                 self._event_ch.send_nowait(chunk)
 
     async def _metrics_monitor_task(self, event_aiter: Any) -> None:

@@ -31,7 +31,8 @@ ANSWER = "Sure, what is your order number?"
 
 class LlamaCppStandIn:
     """`/v1/chat/completions`: with tools, the model "names an unknown tool" and the request
-    fails (`refuse`: "status" or "event"); without tools, it answers in words."""
+    fails (`refuse`: "status", "event", or "after_words": an event after some words); without
+    tools, it answers in words."""
 
     def __init__(self, refuse: str) -> None:
         self.refuse = refuse
@@ -46,19 +47,20 @@ class LlamaCppStandIn:
             return web.json_response({"error": REFUSAL}, status=500)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if not body.get("tools") or self.refuse == "after_words":
+            for piece in (ANSWER[:5], ANSWER[5:]):
+                chunk = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "local",
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         if body.get("tools"):
             await response.write(f"data: {json.dumps({'error': REFUSAL})}\n\n".encode())
-            return response
-        for piece in (ANSWER[:5], ANSWER[5:]):
-            chunk = {
-                "id": "chatcmpl-1",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "local",
-                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
+        else:
+            await response.write(b"data: [DONE]\n\n")
         return response
 
 
@@ -83,6 +85,13 @@ def local_llm(url: str) -> AnyLLM:
     return build_providers(agent, env, runtime).llm
 
 
+def end_call_tools() -> list[llm.Tool]:
+    agent = VoiceAgent(
+        instructions="x", greeting="Hi", greeting_interruptible=False, on_end_call=lambda: None
+    )
+    return [tool for tool in agent.tools if isinstance(tool, llm.Tool)]
+
+
 def chat_context() -> llm.ChatContext:
     ctx = llm.ChatContext()
     ctx.add_message(role="system", content="You are a support agent.")
@@ -97,13 +106,10 @@ async def test_an_unparsable_tool_call_is_asked_again_without_tools(
     model = local_llm(url)
     errors: list[Any] = []
     model.on("error", errors.append)
-    agent = VoiceAgent(
-        instructions="x", greeting="Hi", greeting_interruptible=False, on_end_call=lambda: None
-    )
     text = ""
     async with model.chat(
         chat_ctx=chat_context(),
-        tools=[t for t in agent.tools if isinstance(t, llm.Tool)],
+        tools=end_call_tools(),
         conn_options=APIConnectOptions(max_retry=1, retry_interval=0, timeout=5),
     ) as stream:
         async for chunk in stream:
@@ -115,6 +121,26 @@ async def test_an_unparsable_tool_call_is_asked_again_without_tools(
     )
     assert "tool_choice" not in stand_in.requests[1]
     assert errors == [], "the session never hears of the refusal"
+
+
+async def test_words_before_an_unparsable_tool_call_are_the_answer(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    stand_in, url = llama_cpp
+    stand_in.refuse = "after_words"
+    model = local_llm(url)
+    errors: list[Any] = []
+    model.on("error", errors.append)
+    stream = model.chat(
+        chat_ctx=chat_context(),
+        tools=end_call_tools(),
+        conn_options=APIConnectOptions(max_retry=1, retry_interval=0, timeout=5),
+    )
+    answer = await stream.collect()
+    await stream.aclose()
+    assert answer.text == ANSWER, "what the caller already heard stays the answer"
+    assert len(stand_in.requests) == 1, "not asked again: the words were spoken"
+    assert errors == []
 
 
 async def test_a_failure_without_tools_is_reported_as_before(
