@@ -1,4 +1,4 @@
-"""The offline stack's latency (Whisper, SmolLM2 through llama.cpp, Piper), and what each cheap
+"""The offline stack's latency (Whisper, the local LLM through llama.cpp, Piper), and what each cheap
 optimization gains, compared in one run.
 
     python -m bench.local_latency [--rounds 3]
@@ -20,8 +20,9 @@ library default beam of 5, Piper on whole sentences, cold models, the LLM server
 `first_clause` (Piper starts on a reply's first clause), `warm` (Whisper and Piper run once at
 load, and the LLM reads the instructions while the greeting plays), `greedy_whisper` (beam 1),
 `optimized_llm_2_threads` (all three), `optimized_1_thread` (all three, one thread per model and
-for the LLM) and `optimized` (the worker's defaults: all three, the LLM on one core fewer than the
-machine has).
+for the LLM), `optimized` (the worker's defaults: all three, the LLM generating on one core fewer
+than the machine has and reading prompts on all; the default 1.5B model) and `smollm2` (the same
+defaults with the small SmolLM2).
 Prints one JSON object: per variant the medians, p95s and samples; then ratios to `baseline`.
 """
 
@@ -46,7 +47,7 @@ from worker.call import CallSetup, run_call
 from worker.config import AgentConfig, AgentRegistry, load_registry
 from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
 from worker.local_llm import LocalLLMServer
-from worker.local_runtime import LocalRuntime, llm_threads
+from worker.local_runtime import LocalRuntime, llm_batch_threads, llm_threads
 from worker.pipeline import load_vad
 from worker.providers import build_providers, resolve
 from worker.settings import VADSettings
@@ -58,6 +59,7 @@ _OFF = {
     "beam_size": 5,
     "threads": None,
     "llm_threads": 2,  # the LLM server's default before this benchmark
+    "model": None,  # the default local LLM (the 1.5B)
 }
 _ALL = {**_OFF, "first_clause": True, "warm": True, "beam_size": 1}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -68,6 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "optimized_llm_2_threads": _ALL,
     "optimized_1_thread": {**_ALL, "threads": 1, "llm_threads": 1},
     "optimized": {**_ALL, "llm_threads": None},  # the worker's defaults
+    "smollm2": {**_ALL, "llm_threads": None, "model": "smollm2-135m"},  # defaults, small LLM
 }
 TURNS = ("question", "barge_in", "goodbye")
 WINDOW = 0.01
@@ -146,7 +149,7 @@ def configured_agent(variant: dict[str, Any]) -> AgentConfig:
 async def one_call(variant: dict[str, Any]) -> dict[str, list[float]]:
     """One measured call in this process; returns the samples of each metric."""
     agent = configured_agent(variant)
-    server = LocalLLMServer(None, threads=llm_threads())
+    server = LocalLLMServer(None, threads=llm_threads(), batch_threads=llm_batch_threads())
     runtime = LocalRuntime.load(
         AgentRegistry([agent]),
         vad_model=load_vad(VADSettings()),
@@ -215,6 +218,9 @@ def run_child(name: str) -> dict[str, list[float]]:
         env["WORKER_LOCAL_THREADS"] = str(variant["threads"])
     if variant["llm_threads"]:
         env["WORKER_LLM_THREADS"] = str(variant["llm_threads"])
+    env.pop("WORKER_LOCAL_LLM", None)
+    if variant["model"]:
+        env["WORKER_LOCAL_LLM"] = variant["model"]
     for key in ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "ELEVEN_API_KEY"):
         env.pop(key, None)
     result = subprocess.run(  # noqa: S603 - this interpreter, this module
