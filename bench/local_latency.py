@@ -1,5 +1,5 @@
-"""The offline stack's latency (Whisper, the local LLM through llama.cpp, Piper), and what each cheap
-optimization gains, compared in one run.
+"""The offline stack's latency (Whisper, the local LLM through llama.cpp, Piper), and what each
+cheap optimization gains, compared in one run.
 
     python -m bench.local_latency [--rounds 3]
 
