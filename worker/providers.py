@@ -297,10 +297,9 @@ def build_providers(
     """Construct one call's providers (this opens no connection yet). `local` holds this
     process's local models; it is needed only when the agent uses local providers."""
     stt_instances = [_build_stt(e, agent, env, local) for e in agent.stt]
-    llm_instances = [_build_llm(e, env, local) for e in agent.llm]
     return Providers(
         stt=_chain(stt_instances, agent.stt, stt.FallbackAdapter),
-        llm=_chain(llm_instances, agent.llm, llm.FallbackAdapter),
+        llm=build_llm(agent, env, local),
         tts=build_tts(agent, env, local),
         conn_options=SessionConnectOptions(
             stt_conn_options=stage_options(agent.stt),
@@ -311,6 +310,14 @@ def build_providers(
             max_unrecoverable_errors=MAX_SESSION_ERRORS,
         ),
     )
+
+
+def build_llm(
+    agent: AgentConfig, env: Mapping[str, str], local: LocalRuntime | None = None
+) -> AnyLLM:
+    """The agent's LLM stage alone (its fallbacks included)."""
+    instances = [_build_llm(e, env, local) for e in agent.llm]
+    return _chain(instances, agent.llm, llm.FallbackAdapter)
 
 
 def build_tts(
