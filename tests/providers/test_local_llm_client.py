@@ -18,7 +18,7 @@ from tests.harness import make_agent
 from worker.agent import VoiceAgent
 from worker.local_runtime import LocalRuntime
 from worker.pipeline import load_vad
-from worker.providers import AnyLLM, build_providers
+from worker.providers import LOCAL_REPEAT_PENALTY, AnyLLM, build_providers
 from worker.settings import VADSettings
 
 REFUSAL = {
@@ -160,3 +160,48 @@ async def test_a_failure_without_tools_is_reported_as_before(
     await stream.aclose()
     assert [e.recoverable for e in errors] == [True, False], "retried once, then given up"
     assert [bool(r.get("tools")) for r in stand_in.requests] == [False, False]
+
+
+async def test_answers_are_capped_and_the_prompt_warm_up_asks_for_one_token(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    """The agent's `max_tokens` caps each answer, and a request's own limit wins: the plugin
+    would otherwise send its option over it, and the warm-up would generate a whole answer
+    that holds the server while the caller asks."""
+    stand_in, url = llama_cpp
+    model = local_llm(url)
+    for extra in ({}, {"max_completion_tokens": 1}):
+        async with model.chat(
+            chat_ctx=chat_context(),
+            conn_options=APIConnectOptions(max_retry=0, timeout=5),
+            extra_kwargs=extra,
+        ) as stream:
+            async for _ in stream:
+                pass
+    assert [r["max_completion_tokens"] for r in stand_in.requests] == [80, 1]
+
+
+async def test_each_call_keeps_its_own_slot_of_the_server(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    """Every request of a call goes to the call's slot (its cached prompt), a second call gets
+    another, and a closed call's slot is free again."""
+    stand_in, url = llama_cpp
+    first, second = local_llm(url), local_llm(url)
+    for model in (first, first, second):
+        async with model.chat(
+            chat_ctx=chat_context(), conn_options=APIConnectOptions(max_retry=0, timeout=5)
+        ) as stream:
+            async for _ in stream:
+                pass
+    slots = [r["id_slot"] for r in stand_in.requests]
+    assert slots[0] == slots[1] != slots[2]
+    assert all(r["repeat_penalty"] == LOCAL_REPEAT_PENALTY for r in stand_in.requests)
+    await first.aclose()
+    third = local_llm(url)
+    async with third.chat(chat_ctx=chat_context()) as stream:
+        async for _ in stream:
+            pass
+    assert stand_in.requests[-1]["id_slot"] == slots[0]
+    await second.aclose()
+    await third.aclose()
