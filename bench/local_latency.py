@@ -23,7 +23,8 @@ load, and the LLM reads the instructions while the greeting plays), `greedy_whis
 for the LLM), `optimized` (the worker's defaults: all three, the LLM generating on one core fewer
 than the machine has and reading prompts on all; the default 1.5B model) and `smollm2` (the same
 defaults with the small SmolLM2).
-Prints one JSON object: per variant the medians, p95s and samples; then ratios to `baseline`.
+Prints one JSON object: per variant the medians, p95s and samples; then ratios to `baseline`
+and the calls that failed per variant (their errors go to stderr; the run goes on).
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def run_child(name: str) -> dict[str, list[float]]:
+def run_child(name: str) -> dict[str, list[float]] | None:
     variant = VARIANTS[name]
     env = dict(os.environ)
     if variant["threads"]:
@@ -230,17 +231,24 @@ def run_child(name: str) -> dict[str, list[float]]:
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=False,
     )
+    if result.returncode != 0:  # one failed call is reported, and the run's other calls kept
+        print(f"{name}: the call failed:\n{result.stderr[-3000:]}", file=sys.stderr)
+        return None
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def main(rounds: int, variants: list[str]) -> None:
     collected: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     started = time.monotonic()
+    failed = dict.fromkeys(variants, 0)
     for _ in range(rounds):
         for name in variants:
-            for metric, values in run_child(name).items():
+            if (measured := run_child(name)) is None:
+                failed[name] += 1
+                continue
+            for metric, values in measured.items():
                 collected[name].setdefault(metric, []).extend(values)
     report: dict[str, Any] = {
         name: {
@@ -259,6 +267,7 @@ def main(rounds: int, variants: list[str]) -> None:
         for name in variants
         if name != "baseline"
     }
+    report["failed_calls"] = failed
     report["seconds"] = round(time.monotonic() - started)
     print(json.dumps(report, indent=2))
 
