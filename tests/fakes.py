@@ -158,12 +158,16 @@ class FakeLLM(llm.LLM[None]):
         self.respond = respond
         self.ttft = ttft
         self.token_interval = token_interval
+        self.was_closed = False
         self.requests: list[str] = []
         """The last user message of every request, in order."""
         self.instructions: list[str] = []
         """The system instructions of every request, in order."""
         self.fail = False
         """When set, every request fails as an unreachable provider does."""
+
+    async def aclose(self) -> None:
+        self.was_closed = True
 
     def chat(
         self,

@@ -183,7 +183,10 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
         turns=turns,
     )
-    return await call.run(agent)
+    try:
+        return await call.run(agent)
+    finally:  # the session leaves its providers open: they hold connections and an LLM slot
+        await _close_providers(setup.providers)
 
 
 async def _close_providers(providers: Providers) -> None:

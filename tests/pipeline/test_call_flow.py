@@ -193,6 +193,7 @@ async def test_the_caller_leaving_ends_the_call_once(vad_model: vad.VAD, caller:
         assert ended["reason"] == "caller_left"
     assert await call.transport.closed == EndReason.CALLER_LEFT
     check_call_events(call.events)
+    assert call.llm.was_closed, "a call's providers are closed when it ends (a local LLM's slot)"
 
 
 async def test_a_finished_recording_ends_the_call_once_the_agent_has_answered(
