@@ -163,6 +163,8 @@ class FakeLLM(llm.LLM[None]):
         """The last user message of every request, in order."""
         self.instructions: list[str] = []
         """The system instructions of every request, in order."""
+        self.contexts: list[list[tuple[str, str]]] = []
+        """Every request's messages as (role, text), in order."""
         self.fail = False
         """When set, every request fails as an unreachable provider does."""
 
@@ -192,6 +194,7 @@ class _FakeLLMStream(llm.LLMStream):
         users = [m for m in messages if m.role == "user"]
         last = (users[-1].text_content or "") if users else ""
         self._fake.requests.append(last)
+        self._fake.contexts.append([(m.role, m.text_content or "") for m in messages])
         self._fake.instructions.append(
             " ".join(m.text_content or "" for m in messages if m.role in ("system", "developer"))
         )

@@ -59,12 +59,15 @@ class VoiceAgent(Agent):
             self._warming = asyncio.create_task(self._read_instructions(self.session.llm))
 
     async def _read_instructions(self, model: llm.LLM[Any]) -> None:
-        """Have the LLM read the instructions and tools once (one token out), so the prompt is
-        cached before the caller's first question (the 1.5B takes 4-7 s to read it on 2
-        cores)."""
+        """Have the LLM read the instructions, tools and greeting once (one token out), so the
+        prompt is cached before the caller's first question (the 1.5B takes 4-7 s to read it on
+        2 cores). The greeting is what the session puts after the instructions once it is said:
+        read now, the first question's prompt is all cached but the question itself."""
+        context = self.chat_ctx.copy()
+        context.add_message(role="assistant", content=self._greeting)
         try:
             async with model.chat(
-                chat_ctx=self.chat_ctx.copy(),
+                chat_ctx=context,
                 tools=[tool for tool in self.tools if isinstance(tool, llm.Tool)],
                 extra_kwargs={"max_completion_tokens": 1},
                 conn_options=WARM_OPTIONS,

@@ -115,6 +115,21 @@ async def test_greets_first_then_answers_what_the_caller_asked(
     assert latency["llm_node_ttft"] >= call.llm.ttft
 
 
+async def test_a_local_llm_reads_the_prompt_and_greeting_before_the_first_question(
+    vad_model: vad.VAD, caller: Recording
+) -> None:
+    """The warm-up's context is exactly what the first question's prompt starts with, so the
+    local model's cache holds all of it but the question."""
+    agent = {"llm": [{"provider": "local"}]}
+    async with harness(vad_model, [caller.text("question")], agent_overrides=agent) as call:
+        await ask_and_listen(call, caller.clip("question"), 0.5)
+    warm_up, question = call.llm.contexts
+    assert [role for role, _ in warm_up] == ["system", "assistant"]
+    assert warm_up[1] == ("assistant", "Hello, this is the test agent.")
+    assert question[: len(warm_up)] == warm_up
+    assert question[len(warm_up) :] == [("user", caller.text("question"))]
+
+
 async def test_talking_over_the_reply_stops_it_and_truncates_its_transcript(
     vad_model: vad.VAD, caller: Recording
 ) -> None:
