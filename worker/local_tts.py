@@ -62,13 +62,16 @@ CLAUSE_END = re.compile(r"[,;:](?=\s)")
 
 
 class ClauseFirstTokenizer(SentenceTokenizer):
-    """Sentences, except that a reply's first piece goes out early, so Piper starts speaking
-    while the LLM is still writing: at the first clause boundary after `min_words`, or after
-    `first_words` words when the model writes no punctuation. Later sentences longer than
-    `max_words` are cut too, so a run-on reply still streams."""
+    """Sentences, except that a reply's opening goes out early, so Piper starts speaking while
+    the LLM is still writing: a first sentence of any length ("Sure!"), else the first clause of
+    at least `min_words` words ("Sure," alone sounds cut off), else `first_words` words when the
+    model writes no punctuation. A short opening keeps the next piece early too: after "Sure!"
+    a whole long sentence would leave the caller in silence while it is written. Later
+    sentences longer than `max_words` are cut too, so a run-on reply still streams."""
 
     def __init__(self, *, min_words: int = 4, first_words: int = 8, max_words: int = 30) -> None:
         self._sentences = blingfire.SentenceTokenizer()
+        self._first_sentence = blingfire.SentenceTokenizer(min_sentence_len=1)
         self._min_words = min_words
         self._first_words = first_words
         self._max_words = max_words
@@ -76,17 +79,26 @@ class ClauseFirstTokenizer(SentenceTokenizer):
     def tokenize(self, text: str, *, language: str | None = None) -> list[str]:
         return self._sentences.tokenize(text, language=language)
 
+    def _first_cut(self, text: str, language: str | None) -> int | None:
+        """Where the reply's first piece ends in `text`, once something follows it."""
+        sentences = self._first_sentence.tokenize(text, language=language)
+        cuts = [text.find(sentences[1])] if len(sentences) > 1 else []
+        cuts += [
+            match.end()
+            for match in CLAUSE_END.finditer(text)
+            if len(text[: match.end()].split()) >= self._min_words and text[match.end() :].strip()
+        ][:1]
+        return min((cut for cut in cuts if cut > 0), default=None)
+
     def stream(self, *, language: str | None = None) -> SentenceStream:
         first = True
 
         def split(text: str) -> list[str]:
             nonlocal first
-            if first:
-                for match in CLAUSE_END.finditer(text):
-                    clause, rest = text[: match.end()], text[match.end() :].lstrip()
-                    if len(clause.split()) >= self._min_words and rest:
-                        first = False
-                        return [clause, rest]
+            if first and (cut := self._first_cut(text, language)) is not None:
+                piece = text[:cut].strip()
+                first = len(piece.split()) < self._min_words
+                return [piece, text[cut:].lstrip()]
             pieces = self._sentences.tokenize(text, language=language)
             limit = self._first_words if first else self._max_words
             if pieces and len(pieces[0].split()) > limit:
@@ -96,7 +108,7 @@ class ClauseFirstTokenizer(SentenceTokenizer):
             first = first and len(pieces) < 2  # the first piece is out
             return pieces
 
-        return BufferedSentenceStream(tokenizer=split, min_token_len=1, min_ctx_len=10)
+        return BufferedSentenceStream(tokenizer=split, min_token_len=1, min_ctx_len=1)
 
 
 class PiperTTS(tts.TTS[None]):

@@ -42,6 +42,15 @@ async def test_a_short_opening_waits_for_more_words() -> None:
     assert emitted[0][0] == "Sure, I can check that for you.", "a 1-word clause is too choppy"
 
 
+async def test_a_short_first_sentence_goes_out_alone() -> None:
+    emitted = await pieces("Sure! To check your order, I need its number. What is it?")
+    assert emitted == [
+        ("Sure!", "To"),  # a whole sentence, however short, is not choppy
+        ("To check your order,", "I"),  # and the caller does not wait for the whole next one
+        ("I need its number. What is it?", "<end>"),  # then sentences, short ones together
+    ]
+
+
 async def test_a_reply_without_punctuation_still_starts_after_a_few_words() -> None:
     text = " ".join(f"word{i}" for i in range(70))
     emitted = await pieces(text, first_words=8, max_words=30)
