@@ -13,16 +13,20 @@ the agent's audio timeline, per caller turn:
 - answer_from_vad_ms: the VAD reports the end of speech -> first agent audio;
 - parts: transcription (speech end -> transcript), LLM first token, TTS first audio, from
   LiveKit's per-turn metrics;
-- stop_ms: the caller starts talking over the agent -> the agent's last audio.
+- stop_ms: the caller starts talking over the agent -> the agent's last audio; a barge-in
+  that finds the agent silent (between two pieces of its reply, or done) is counted in
+  silent_at_barge_in instead.
 
 Variants, interleaved round by round: `baseline` (none of the optimizations: Whisper with its
 library default beam of 5, Piper on whole sentences, cold models, the LLM server on 2 threads),
 `first_clause` (Piper starts on a reply's first clause), `warm` (Whisper and Piper run once at
 load, and the LLM reads the instructions while the greeting plays), `greedy_whisper` (beam 1),
-`optimized_llm_2_threads` (all three), `optimized_1_thread` (all three, one thread per model and
-for the LLM), `optimized` (the worker's defaults: all three, the LLM generating on one core fewer
-than the machine has and reading prompts on all; the default 1.5B model) and `smollm2` (the same
-defaults with the small SmolLM2).
+`optimized_llm_1_thread` (all three, the LLM generating on one thread), `optimized_1_thread`
+(all three, one thread per model and for the LLM), `optimized` (the worker's defaults: all three,
+the LLM on every core; the default 1.5B model) and `smollm2` (the same defaults with the small
+SmolLM2). Turns end on silence (`detection: vad`), so the numbers are the stack's own; the
+variant `smart_turn` adds the shipped agent's end-of-turn model, whose doubt about a finished
+sentence can add up to `voice_max_delay` (bench/turn_taking.py measures that decision).
 Prints one JSON object: per variant the medians, p95s and samples; then ratios to `baseline`
 and the calls that failed per variant (their errors go to stderr; the run goes on).
 """
@@ -61,6 +65,7 @@ _OFF = {
     "threads": None,
     "llm_threads": 2,  # the LLM server's default before this benchmark
     "model": None,  # the default local LLM (the 1.5B)
+    "detection": "vad",  # turns end on silence: the stack's latency, not the turn model's doubt
 }
 _ALL = {**_OFF, "first_clause": True, "warm": True, "beam_size": 1}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -68,16 +73,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "first_clause": {**_OFF, "first_clause": True},
     "warm": {**_OFF, "warm": True},
     "greedy_whisper": {**_OFF, "beam_size": 1},
-    "optimized_llm_2_threads": _ALL,
+    "optimized_llm_1_thread": {**_ALL, "llm_threads": 1},
     "optimized_1_thread": {**_ALL, "threads": 1, "llm_threads": 1},
     "optimized": {**_ALL, "llm_threads": None},  # the worker's defaults
     "smollm2": {**_ALL, "llm_threads": None, "model": "smollm2-135m"},  # defaults, small LLM
+    "smart_turn": {**_ALL, "llm_threads": None, "detection": "smart_turn"},  # all the defaults
 }
 TURNS = ("question", "barge_in", "goodbye")
 WINDOW = 0.01
 LOUD = 300.0
 PARTS = {
     "transcription_delay": "stt_ms",
+    "end_of_turn_delay": "end_of_turn_ms",
+    "on_user_turn_completed_delay": "turn_completed_ms",
     "llm_node_ttft": "llm_ttft_ms",
     "tts_node_ttfb": "tts_ttfb_ms",
 }
@@ -143,6 +151,7 @@ def configured_agent(variant: dict[str, Any]) -> AgentConfig:
             ],
             "llm": [e.model_copy(update={"warm_prompt": variant["warm"]}) for e in agent.llm],
             "stt": [e.model_copy(update={"beam_size": variant["beam_size"]}) for e in agent.stt],
+            "turn_taking": agent.turn_taking.model_copy(update={"detection": variant["detection"]}),
         }
     )
 
@@ -166,6 +175,7 @@ async def one_call(variant: dict[str, Any]) -> dict[str, list[float]]:
         call_id="CA_bench",
         vad=runtime.vad,
         providers=build_providers(agent, {}, runtime),
+        turn_runner=runtime.turn_runner,
     )
     call_task = asyncio.create_task(run_call(setup, transport))
     await call.wait_for("transcript", 0, role="agent")  # the greeting is over
@@ -183,6 +193,7 @@ async def measure_turns(call: Call, caller: Recording) -> dict[str, list[float]]
         "first_answer_ms": [],
         "answer_from_vad_ms": [],
         "stop_ms": [],
+        "silent_at_barge_in": [],
     }
     for index, utterance in enumerate(TURNS):
         mark = len(call.events)
@@ -203,7 +214,10 @@ async def measure_turns(call: Call, caller: Recording) -> dict[str, list[float]]
         if index:
             before_stop = loudness(call.speaker, start)[: int(2.0 / WINDOW)]
             last_loud = np.flatnonzero(before_stop).max(initial=-1)
-            samples["stop_ms"].append(round((last_loud + 1) * WINDOW * 1000))
+            if last_loud < 0:  # the agent was between pieces, or done: nothing to stop
+                samples["silent_at_barge_in"].append(1)
+            else:
+                samples["stop_ms"].append(round((last_loud + 1) * WINDOW * 1000))
     return samples
 
 
@@ -252,7 +266,11 @@ def main(rounds: int, variants: list[str]) -> None:
                 collected[name].setdefault(metric, []).extend(values)
     report: dict[str, Any] = {
         name: {
-            metric: {"median": statistics.median(v), "p95": p95(v), "samples": v}
+            metric: (
+                {"count": len(v)}
+                if metric == "silent_at_barge_in"
+                else {"median": statistics.median(v), "p95": p95(v), "samples": v}
+            )
             for metric, v in metrics.items()
             if v
         }
