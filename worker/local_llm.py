@@ -168,6 +168,9 @@ class LocalLLMServer:
         params.use_jinja = True  # chat templates with tools: the agents' end_call tool
         if self.model.chat_template is not None:
             params.chat_template = self.model.chat_template
+        # the agents' prompt snapshots (local_llm_client.py), kept across runs: llama.cpp
+        # checks a restored cache against the model, and reuses it only as far as it matches
+        params.slot_save_path = f"{snapshot_dir(self.model_path)}{os.sep}"
         params.hostnames = ["127.0.0.1"]
         params.port = 0
         params.verbosity = -1
@@ -192,6 +195,17 @@ class LocalLLMServer:
         if self._server is not None:
             self._server = None  # llama.cpp's server stops when released
             logger.info("local LLM stopped")
+
+
+def snapshot_dir(model: Path) -> Path:
+    """Where the server keeps prompt snapshots for `model`: one folder per model file and
+    llama.cpp build, whose caches another could not read."""
+    from importlib.metadata import version
+
+    build = version("xllamacpp")
+    folder = cache_dir() / "prompt-snapshots" / f"{model.stem}-{model.stat().st_size}-{build}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _start_niced(start: Callable[[], T]) -> T:

@@ -12,10 +12,18 @@ Each call also holds one of the server's slots for its whole length (`claim_slot
 every request to it: llama.cpp keeps a slot's prompt cached, and without the pin a request that
 follows a barge-in lands in another slot while the cancelled one winds down, and reads the whole
 conversation again (3.5 s instead of 0.6 s for the 1.5B on 2 cores).
+
+And a call's slot starts from its agent's prompt snapshot: the server's saved cache of the
+agent's instructions, tools and greeting, left by the first call of that agent (kept on disk by
+the server, see `LocalLLMServer`). Reading that prompt is the slowest part of a local answer
+(300 tokens: 14 s for the 1.5B on a slow 2-core machine, longer than a greeting); restoring it
+takes milliseconds, and llama.cpp reuses it up to the first token this call's prompt differs in
+(its placeholders), so a stale or foreign snapshot only costs a longer read, never a wrong one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import logging
@@ -25,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from livekit.agents import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
@@ -41,6 +50,9 @@ logger = logging.getLogger("worker.local_llm")
 
 UNPARSED_TOOL_CALL = 500
 """llama.cpp's status for a model answer its tool-call parser rejects."""
+RESTORE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+"""A restore waits for the slot to be idle: a cancelled request of the last call may hold it."""
+SAVE_TIMEOUT = aiohttp.ClientTimeout(total=120.0)
 
 
 @dataclass
@@ -76,10 +88,25 @@ class ToolSafeLLM(llm.LLM[None]):
     """Wraps the OpenAI plugin's LLM pointed at the local server (see the module doc)."""
 
     def __init__(
-        self, inner: llm.LLM[Any], *, max_tokens: int, body: dict[str, Any], slot: Slot | None
+        self,
+        inner: llm.LLM[Any],
+        *,
+        max_tokens: int,
+        body: dict[str, Any],
+        slot: Slot | None,
+        snapshot: tuple[str, str] | None = None,
     ) -> None:
+        """`snapshot`: the server's URL (…/v1) and the file name of the agent's prompt snapshot,
+        which the slot starts from (see the module doc)."""
         super().__init__()
         self._inner = inner
+        self._snapshot = (
+            None
+            if snapshot is None or slot is None
+            else (f"{snapshot[0].removesuffix('/v1')}/slots/{slot.number}", snapshot[1])
+        )
+        self._restored: asyncio.Task[bool] | None = None
+        self._saving: asyncio.Task[bool] | None = None
         # the limit and llama.cpp's own fields travel with each request rather than in the
         # plugin's options, which would override a request's own (the warm-up's one token)
         self._max_tokens = max_tokens
@@ -125,8 +152,46 @@ class ToolSafeLLM(llm.LLM[None]):
     def prewarm(self, *, loop: Any = None) -> None:
         self._inner.prewarm(loop=loop)
 
+    async def before_request(self) -> None:
+        """Before the call's first request (and any made meanwhile): the slot starts from the
+        agent's snapshot, if there is one."""
+        if self._snapshot is None:
+            return
+        if self._restored is None:
+            self._restored = asyncio.create_task(self._slot_action("restore", RESTORE_TIMEOUT))
+        await asyncio.shield(self._restored)
+
+    def after_request(self) -> None:
+        """After a request completed: the first call of its agent leaves the snapshot, in the
+        background (llama.cpp saves once the slot is idle, which may be after the next answer)."""
+        restored = self._restored
+        if restored is None or not restored.done() or restored.result() or self._saving:
+            return
+        self._saving = asyncio.create_task(self._slot_action("save", SAVE_TIMEOUT))
+
+    async def _slot_action(self, action: str, timeout: aiohttp.ClientTimeout) -> bool:
+        """Restore or save the slot's cache as the agent's snapshot; False if the server did
+        not (no snapshot yet, a busy slot, an older server: the request reads the prompt)."""
+        if self._snapshot is None:
+            return False
+        url, name = self._snapshot
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(url, params={"action": action}, json={"filename": name}) as response,
+            ):
+                if response.status == 200:
+                    logger.debug("%s the prompt snapshot %s", action, name)
+                    return True
+                logger.debug("no prompt snapshot %s (%s): %s", name, action, response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.debug("no prompt snapshot %s (%s): %s", name, action, exc)
+        return False
+
     async def aclose(self) -> None:
         self._inner.off("metrics_collected", self._forward_metrics)
+        if self._saving is not None:
+            self._saving.cancel()  # the server still saves once the slot is idle
         if self._slot is not None:
             self._slot.release()
             self._slot = None
@@ -148,13 +213,16 @@ class _ToolSafeStream(llm.LLMStream):
         request: dict[str, Any],
     ) -> None:
         super().__init__(outer, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._outer = outer
         self._inner = inner
         self._request = request
         self._answered = False
 
     async def _run(self) -> None:
+        await self._outer.before_request()
         try:
             await self._attempt(self._tools)
+            self._outer.after_request()
         except APIError as exc:
             if not (self._tools and _unparsed_tool_call(exc)):
                 raise

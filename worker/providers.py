@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib
 import inspect
 import os
@@ -312,11 +313,18 @@ def build_providers(
     )
 
 
+def snapshot_name(agent: AgentConfig) -> str:
+    """The file of the local LLM's prompt snapshot for this agent as configured: an edited
+    agent gets another, so it is never restored from a stale one."""
+    return f"{hashlib.sha256(agent.model_dump_json().encode()).hexdigest()[:32]}.bin"
+
+
 def build_llm(
     agent: AgentConfig, env: Mapping[str, str], local: LocalRuntime | None = None
 ) -> AnyLLM:
     """The agent's LLM stage alone (its fallbacks included)."""
-    instances = [_build_llm(e, env, local) for e in agent.llm]
+    snapshot = snapshot_name(agent)
+    instances = [_build_llm(e, env, local, snapshot=snapshot) for e in agent.llm]
     return _chain(instances, agent.llm, llm.FallbackAdapter)
 
 
@@ -380,7 +388,11 @@ def _build_stt(
 
 
 def _build_llm(
-    entry: OpenAILLM | LocalLLM, env: Mapping[str, str], local: LocalRuntime | None
+    entry: OpenAILLM | LocalLLM,
+    env: Mapping[str, str],
+    local: LocalRuntime | None,
+    *,
+    snapshot: str,
 ) -> AnyLLM:
     from livekit.agents import NOT_GIVEN
     from livekit.plugins import openai
@@ -400,6 +412,7 @@ def _build_llm(
             # llama.cpp's own sampler setting: small models loop without it
             body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
             slot=claim_slot(url, SLOTS),
+            snapshot=(url, snapshot),
         )
     return openai.LLM(
         model=entry.model or DEFAULT_MODELS["openai"],

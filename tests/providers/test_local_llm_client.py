@@ -6,6 +6,7 @@ tools, the caller gets the words, and the session sees no error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from tests.harness import make_agent
 from worker.agent import VoiceAgent
 from worker.local_runtime import LocalRuntime
 from worker.pipeline import load_vad
-from worker.providers import LOCAL_REPEAT_PENALTY, AnyLLM, build_providers
+from worker.providers import LOCAL_REPEAT_PENALTY, AnyLLM, build_providers, snapshot_name
 from worker.settings import VADSettings
 
 REFUSAL = {
@@ -39,6 +40,19 @@ class LlamaCppStandIn:
         self.broken = False
         """Every request fails, with tools or without."""
         self.requests: list[dict[str, Any]] = []
+        self.snapshots: set[str] = set()
+        self.slot_actions: list[tuple[str, str, str]] = []
+        """(slot, action, file name) of each `/slots/{id}` request, in order."""
+
+    async def slots(self, request: web.Request) -> web.Response:
+        """llama.cpp's slot save and restore: a restore of a file never saved is a 400."""
+        action, name = request.query["action"], (await request.json())["filename"]
+        self.slot_actions.append((request.match_info["slot"], action, name))
+        if action == "save":
+            self.snapshots.add(name)
+        elif name not in self.snapshots:
+            return web.json_response({"error": {"code": 400}}, status=400)
+        return web.json_response({"id_slot": int(request.match_info["slot"]), "filename": name})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -69,6 +83,7 @@ async def llama_cpp(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Llama
     stand_in = LlamaCppStandIn(request.param)
     app = web.Application()
     app.router.add_post("/v1/chat/completions", stand_in.chat)
+    app.router.add_post("/slots/{slot}", stand_in.slots)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -205,3 +220,46 @@ async def test_each_call_keeps_its_own_slot_of_the_server(
     assert stand_in.requests[-1]["id_slot"] == slots[0]
     await second.aclose()
     await third.aclose()
+
+
+async def test_a_call_starts_from_its_agents_prompt_snapshot(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    """The first call of an agent finds no snapshot, reads the prompt and leaves one; the next
+    restores it into its own slot before its first request, and saves nothing."""
+    stand_in, url = llama_cpp
+    first = local_llm(url)
+    for _ in range(2):
+        async with first.chat(
+            chat_ctx=chat_context(), conn_options=APIConnectOptions(max_retry=0, timeout=5)
+        ) as stream:
+            async for _ in stream:
+                pass
+    await asyncio.sleep(0.1)  # the save runs in the background
+    second = local_llm(url)
+    async with second.chat(
+        chat_ctx=chat_context(), conn_options=APIConnectOptions(max_retry=0, timeout=5)
+    ) as stream:
+        async for _ in stream:
+            pass
+    one, two = (str(r["id_slot"]) for r in stand_in.requests[::2])
+    [name] = stand_in.snapshots
+    assert stand_in.slot_actions == [
+        (one, "restore", name),
+        (one, "save", name),
+        (two, "restore", name),
+    ]
+    assert one != two
+    await first.aclose()
+    await second.aclose()
+
+
+def test_an_edited_agent_gets_another_snapshot() -> None:
+    """A snapshot is of one agent as configured: another prompt never restores it (it would
+    only be reused as far as it matches, but would never be replaced)."""
+
+    def name(instructions: str) -> str:
+        agent = make_agent(llm=[{"provider": "local"}], instructions=instructions)
+        return snapshot_name(agent)
+
+    assert name("You are Ava.") == name("You are Ava.") != name("You are Bob.")
