@@ -63,7 +63,12 @@ def expected_user_text(recording: str) -> str:
 
 
 def said(events: list[dict[str, object]], role: str) -> list[dict[str, object]]:
-    return [e for e in events if e["type"] == "transcript" and e["role"] == role and e["final"]]
+    return [e for e in said_all(events) if e["role"] == role]
+
+
+def said_all(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Both sides' final transcripts, in order."""
+    return [e for e in events if e["type"] == "transcript" and e["final"]]
 
 
 @pytest.mark.timeout(300)
@@ -101,8 +106,12 @@ def test_the_default_1_5b_model_holds_the_call(tmp_path: Path) -> None:
     agent = said(events, "agent")
     answers = [str(e["text"]) for e in agent[1:] if e["text"]]
     assert answers, "the 1.5B answered"
-    assert agent[-1]["text"], "the goodbye was answered"
-    assert not agent[-1]["interrupted"], "and heard in full"
+    told = "\n".join(
+        f"{e['ts']} {e['role']} interrupted={e['interrupted']} {e['text']!r}"
+        for e in said_all(events)
+    )
+    assert agent[-1]["text"], f"the goodbye was answered:\n{told}"
+    assert not agent[-1]["interrupted"], f"and heard in full:\n{told}"
     for answer in answers:
         assert not re.search(r"[*#`_]|https?://|^\s*(-|\d+\.)\s", answer, re.M), answer
 
