@@ -30,6 +30,27 @@ WARM_OPTIONS = APIConnectOptions(max_retry=0, timeout=60.0)
 """Reading the prompt is the whole request (one token out): it may take its time, once."""
 
 
+async def read_prompt(
+    model: llm.LLM[Any], context: llm.ChatContext, tools: list[llm.Tool], greeting: str
+) -> None:
+    """Have `model` read a call's prompt once, one token out, so it is cached before the
+    caller's first question. The greeting is what the session puts after the instructions once
+    it is said: read now, the first question's prompt is all cached but the question itself."""
+    context = context.copy()
+    context.add_message(role="assistant", content=greeting)
+    try:
+        async with model.chat(
+            chat_ctx=context,
+            tools=tools,
+            extra_kwargs={"max_completion_tokens": 1},
+            conn_options=WARM_OPTIONS,
+        ) as stream:
+            async for _ in stream:
+                pass
+    except Exception as exc:  # a cache warm-up: never worth failing a call for
+        logger.debug("could not warm the LLM's prompt: %s", exc)
+
+
 class VoiceAgent(Agent):
     """Greets first (a fixed line, spoken without waiting for the LLM) and can hang up."""
 
@@ -59,23 +80,10 @@ class VoiceAgent(Agent):
             self._warming = asyncio.create_task(self._read_instructions(self.session.llm))
 
     async def _read_instructions(self, model: llm.LLM[Any]) -> None:
-        """Have the LLM read the instructions, tools and greeting once (one token out), so the
-        prompt is cached before the caller's first question (the 1.5B takes 4-7 s to read it on
-        2 cores). The greeting is what the session puts after the instructions once it is said:
-        read now, the first question's prompt is all cached but the question itself."""
-        context = self.chat_ctx.copy()
-        context.add_message(role="assistant", content=self._greeting)
-        try:
-            async with model.chat(
-                chat_ctx=context,
-                tools=[tool for tool in self.tools if isinstance(tool, llm.Tool)],
-                extra_kwargs={"max_completion_tokens": 1},
-                conn_options=WARM_OPTIONS,
-            ) as stream:
-                async for _ in stream:
-                    pass
-        except Exception as exc:  # a cache warm-up: never worth failing a call for
-            logger.debug("could not warm the LLM's prompt: %s", exc)
+        """Have the LLM read the instructions, tools and greeting while the greeting plays (the
+        1.5B takes 4-14 s to read them on 2 cores, unless its prompt snapshot has them)."""
+        tools = [tool for tool in self.tools if isinstance(tool, llm.Tool)]
+        await read_prompt(model, self.chat_ctx, tools, self._greeting)
 
     def stt_node(
         self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings

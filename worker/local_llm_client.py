@@ -169,6 +169,10 @@ class ToolSafeLLM(llm.LLM[None]):
             return
         self._saving = asyncio.create_task(self._slot_action("save", SAVE_TIMEOUT))
 
+    async def saved(self) -> bool:
+        """Wait for the snapshot this call is saving, if any; whether it was saved."""
+        return self._saving is not None and await self._saving
+
     async def _slot_action(self, action: str, timeout: aiohttp.ClientTimeout) -> bool:
         """Restore or save the slot's cache as the agent's snapshot; False if the server did
         not (no snapshot yet, a busy slot, an older server: the request reads the prompt)."""
@@ -221,8 +225,13 @@ class _ToolSafeStream(llm.LLMStream):
     async def _run(self) -> None:
         await self._outer.before_request()
         try:
+            await self._retried()
+        finally:
+            self._outer.after_request()  # a failed answer still leaves the prompt read
+
+    async def _retried(self) -> None:
+        try:
             await self._attempt(self._tools)
-            self._outer.after_request()
         except APIError as exc:
             if not (self._tools and _unparsed_tool_call(exc)):
                 raise

@@ -39,6 +39,9 @@ from .config import (
 )
 from .local_runtime import LocalRuntime
 
+if typing.TYPE_CHECKING:
+    from .local_llm_client import ToolSafeLLM
+
 OUTPUT_SAMPLE_RATE = 24000
 """The room output rate: ElevenLabs streams raw PCM at this rate, so nothing is resampled or
 decoded on the hot path."""
@@ -387,6 +390,25 @@ def _build_stt(
     )
 
 
+def local_llm(entry: LocalLLM, url: str, *, snapshot: str) -> ToolSafeLLM:
+    """A call's client of the worker's local LLM server at `url`, holding one of its slots."""
+    from livekit.plugins import openai
+
+    from .local_llm import SLOTS
+    from .local_llm_client import ToolSafeLLM, claim_slot
+
+    return ToolSafeLLM(
+        openai.LLM(
+            model="local", base_url=url, api_key=LOCAL_API_KEY, temperature=entry.temperature
+        ),
+        max_tokens=entry.max_tokens,
+        # llama.cpp's own sampler setting: small models loop without it
+        body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
+        slot=claim_slot(url, SLOTS),
+        snapshot=(url, snapshot),
+    )
+
+
 def _build_llm(
     entry: OpenAILLM | LocalLLM,
     env: Mapping[str, str],
@@ -398,22 +420,10 @@ def _build_llm(
     from livekit.plugins import openai
 
     if isinstance(entry, LocalLLM):
-        from .local_llm import SLOTS
-        from .local_llm_client import ToolSafeLLM, claim_slot
-
         url = _need(local).llm_url
         if url is None:
             raise RuntimeError("the local LLM server is not running")
-        return ToolSafeLLM(
-            openai.LLM(
-                model="local", base_url=url, api_key=LOCAL_API_KEY, temperature=entry.temperature
-            ),
-            max_tokens=entry.max_tokens,
-            # llama.cpp's own sampler setting: small models loop without it
-            body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
-            slot=claim_slot(url, SLOTS),
-            snapshot=(url, snapshot),
-        )
+        return local_llm(entry, url, snapshot=snapshot)
     return openai.LLM(
         model=entry.model or DEFAULT_MODELS["openai"],
         api_key=env.get(SPECS["openai"].key_env) or LOCAL_API_KEY,  # keyless own endpoints
