@@ -241,6 +241,28 @@ def setup(
             typer.echo(f"llm (1.5B): {install_qwen()} (sha256 verified)")
     except LocalModelError as exc:
         fail(str(exc))
+    if local:
+        _snapshot_prompts()
+
+
+def _snapshot_prompts() -> None:
+    """The local LLM's prompt snapshots of the agents as `dev` and `simulate` run them (keyless
+    cloud stages on the local providers), so even a first call does not read its prompt."""
+    from .prompt_snapshots import snapshot_prompts
+    from .providers import resolve
+
+    try:
+        resolution = resolve(load_registry(_settings().prompts_dir), os.environ, allow_local=True)
+    except ConfigError as exc:
+        typer.echo(f"prompt snapshots: skipped, the agents do not load: {exc}")
+        return
+    if resolution.problems:
+        typer.echo(f"prompt snapshots: skipped: {ConfigError(resolution.problems)}")
+        return
+    with local_models(resolution.registry) as url:
+        took = asyncio.run(snapshot_prompts(resolution.registry, url)) if url else {}
+    for agent_id, seconds in took.items():
+        typer.echo(f"prompt snapshot: {agent_id} ({seconds:.1f}s)")
 
 
 @app.command()

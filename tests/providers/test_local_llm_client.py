@@ -17,8 +17,10 @@ from livekit.agents import APIConnectOptions, APIError, llm
 
 from tests.harness import make_agent
 from worker.agent import VoiceAgent
+from worker.config import AgentRegistry
 from worker.local_runtime import LocalRuntime
 from worker.pipeline import load_vad
+from worker.prompt_snapshots import snapshot_prompts
 from worker.providers import LOCAL_REPEAT_PENALTY, AnyLLM, build_providers, snapshot_name
 from worker.settings import VADSettings
 
@@ -263,3 +265,34 @@ def test_an_edited_agent_gets_another_snapshot() -> None:
         return snapshot_name(agent)
 
     assert name("You are Ava.") == name("You are Ava.") != name("You are Bob.")
+
+
+async def test_setup_leaves_each_local_agents_prompt_snapshot(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    """`setup` reads each local agent's prompt as its calls will (instructions with the default
+    placeholder values, the greeting after them, the end_call tool, one token out) and saves its
+    snapshot; run again, it only restores it."""
+    stand_in, url = llama_cpp
+    agent = make_agent(
+        llm=[{"provider": "local"}],
+        instructions="You help {name}.",
+        greeting="Hi {name}!",
+        placeholders={"name": "there"},
+    )
+    registry = AgentRegistry([agent])
+    assert list(await snapshot_prompts(registry, url)) == [agent.id]
+    first = stand_in.requests[0]
+    assert [(m["role"], m["content"]) for m in first["messages"]] == [
+        ("system", "You help there."),
+        ("assistant", "Hi there!"),
+    ]
+    assert [t["function"]["name"] for t in first["tools"]] == ["end_call"]
+    assert first["max_completion_tokens"] == 1
+    await snapshot_prompts(registry, url)
+    name = snapshot_name(agent)
+    assert [(action, file) for _, action, file in stand_in.slot_actions] == [
+        ("restore", name),
+        ("save", name),
+        ("restore", name),
+    ]
