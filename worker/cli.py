@@ -489,6 +489,10 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
     # every worker; no agent here uses them (turn detection is pinned to vad or stt)
     os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
     with local_models(registry) as llm_url:
+        if llm_url and name in ("start", "dev"):
+            from .prompt_snapshots import snapshot_in_background
+
+            snapshot_in_background(registry, llm_url)
         try:
             worker = VoiceWorker(settings, registry, pinned_agent=pinned, local_llm_url=llm_url)
             server = create_server(worker)

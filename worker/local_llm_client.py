@@ -14,11 +14,13 @@ follows a barge-in lands in another slot while the cancelled one winds down, and
 conversation again (3.5 s instead of 0.6 s for the 1.5B on 2 cores).
 
 And a call's slot starts from its agent's prompt snapshot: the server's saved cache of the
-agent's instructions, tools and greeting, left by the first call of that agent (kept on disk by
-the server, see `LocalLLMServer`). Reading that prompt is the slowest part of a local answer
-(300 tokens: 14 s for the 1.5B on a slow 2-core machine, longer than a greeting); restoring it
-takes milliseconds, and llama.cpp reuses it up to the first token this call's prompt differs in
-(its placeholders), so a stale or foreign snapshot only costs a longer read, never a wrong one.
+agent's instructions, tools and greeting with the default placeholder values, made by `setup` or
+at the worker's start (`prompt_snapshots.py`; kept on disk by the server, see `LocalLLMServer`),
+never from a call, so no caller's words are ever kept. Reading that prompt is the slowest part of
+a local answer (300 tokens: 14 s for the 1.5B on a slow 2-core machine, longer than a greeting);
+restoring it takes milliseconds, and llama.cpp reuses it up to the first token this call's
+prompt differs in (its placeholders), so a stale or foreign snapshot only costs a longer read,
+never a wrong answer.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ UNPARSED_TOOL_CALL = 500
 """llama.cpp's status for a model answer its tool-call parser rejects."""
 RESTORE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 """A restore waits for the slot to be idle: a cancelled request of the last call may hold it."""
-SAVE_TIMEOUT = aiohttp.ClientTimeout(total=120.0)
+SAVE_TIMEOUT = aiohttp.ClientTimeout(total=30.0)
 
 
 @dataclass
@@ -106,7 +108,6 @@ class ToolSafeLLM(llm.LLM[None]):
             else (f"{snapshot[0].removesuffix('/v1')}/slots/{slot.number}", snapshot[1])
         )
         self._restored: asyncio.Task[bool] | None = None
-        self._saving: asyncio.Task[bool] | None = None
         # the limit and llama.cpp's own fields travel with each request rather than in the
         # plugin's options, which would override a request's own (the warm-up's one token)
         self._max_tokens = max_tokens
@@ -161,17 +162,13 @@ class ToolSafeLLM(llm.LLM[None]):
             self._restored = asyncio.create_task(self._slot_action("restore", RESTORE_TIMEOUT))
         await asyncio.shield(self._restored)
 
-    def after_request(self) -> None:
-        """After a request completed: the first call of its agent leaves the snapshot, in the
-        background (llama.cpp saves once the slot is idle, which may be after the next answer)."""
-        restored = self._restored
-        if restored is None or not restored.done() or restored.result() or self._saving:
-            return
-        self._saving = asyncio.create_task(self._slot_action("save", SAVE_TIMEOUT))
-
-    async def saved(self) -> bool:
-        """Wait for the snapshot this call is saving, if any; whether it was saved."""
-        return self._saving is not None and await self._saving
+    async def keep_snapshot(self) -> bool:
+        """After the agent's prompt was read with its default placeholder values (`setup`, a
+        worker's start: never a call, whose slot may already hold the caller's words): save
+        it as the agent's snapshot, unless the slot started from one."""
+        if self._restored is not None and self._restored.done() and self._restored.result():
+            return False
+        return await self._slot_action("save", SAVE_TIMEOUT)
 
     async def _slot_action(self, action: str, timeout: aiohttp.ClientTimeout) -> bool:
         """Restore or save the slot's cache as the agent's snapshot; False if the server did
@@ -194,8 +191,6 @@ class ToolSafeLLM(llm.LLM[None]):
 
     async def aclose(self) -> None:
         self._inner.off("metrics_collected", self._forward_metrics)
-        if self._saving is not None:
-            self._saving.cancel()  # the server still saves once the slot is idle
         if self._slot is not None:
             self._slot.release()
             self._slot = None
@@ -224,12 +219,6 @@ class _ToolSafeStream(llm.LLMStream):
 
     async def _run(self) -> None:
         await self._outer.before_request()
-        try:
-            await self._retried()
-        finally:
-            self._outer.after_request()  # a failed answer still leaves the prompt read
-
-    async def _retried(self) -> None:
         try:
             await self._attempt(self._tools)
         except APIError as exc:

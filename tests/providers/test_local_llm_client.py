@@ -20,7 +20,7 @@ from worker.agent import VoiceAgent
 from worker.config import AgentRegistry
 from worker.local_runtime import LocalRuntime
 from worker.pipeline import load_vad
-from worker.prompt_snapshots import snapshot_prompts
+from worker.prompt_snapshots import snapshot_in_background, snapshot_prompts
 from worker.providers import LOCAL_REPEAT_PENALTY, AnyLLM, build_providers, snapshot_name
 from worker.settings import VADSettings
 
@@ -227,8 +227,9 @@ async def test_each_call_keeps_its_own_slot_of_the_server(
 async def test_a_call_starts_from_its_agents_prompt_snapshot(
     llama_cpp: tuple[LlamaCppStandIn, str],
 ) -> None:
-    """The first call of an agent finds no snapshot, reads the prompt and leaves one; the next
-    restores it into its own slot before its first request, and saves nothing."""
+    """Each call restores the agent's snapshot into its own slot once, before its first request
+    (none yet: it reads the prompt itself), and never saves one: its slot may already hold the
+    caller's words."""
     stand_in, url = llama_cpp
     first = local_llm(url)
     for _ in range(2):
@@ -237,7 +238,7 @@ async def test_a_call_starts_from_its_agents_prompt_snapshot(
         ) as stream:
             async for _ in stream:
                 pass
-    await asyncio.sleep(0.1)  # the save runs in the background
+    stand_in.snapshots.add(name := next(n for _, _, n in stand_in.slot_actions))
     second = local_llm(url)
     async with second.chat(
         chat_ctx=chat_context(), conn_options=APIConnectOptions(max_retry=0, timeout=5)
@@ -245,12 +246,7 @@ async def test_a_call_starts_from_its_agents_prompt_snapshot(
         async for _ in stream:
             pass
     one, two = (str(r["id_slot"]) for r in stand_in.requests[::2])
-    [name] = stand_in.snapshots
-    assert stand_in.slot_actions == [
-        (one, "restore", name),
-        (one, "save", name),
-        (two, "restore", name),
-    ]
+    assert stand_in.slot_actions == [(one, "restore", name), (two, "restore", name)]
     assert one != two
     await first.aclose()
     await second.aclose()
@@ -296,3 +292,13 @@ async def test_setup_leaves_each_local_agents_prompt_snapshot(
         ("save", name),
         ("restore", name),
     ]
+
+
+async def test_a_worker_start_makes_missing_snapshots_in_the_background(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    stand_in, url = llama_cpp
+    agent = make_agent(llm=[{"provider": "local"}])
+    thread = snapshot_in_background(AgentRegistry([agent]), url)
+    await asyncio.to_thread(thread.join, 30)
+    assert stand_in.snapshots == {snapshot_name(agent)}
