@@ -20,7 +20,8 @@ the agent's audio timeline, per caller turn:
 Variants, interleaved round by round: `baseline` (none of the optimizations: Whisper with its
 library default beam of 5, Piper on whole sentences, cold models, the LLM server on 2 threads),
 `first_clause` (Piper starts on a reply's first clause), `warm` (Whisper and Piper run once at
-load, and the LLM reads the instructions while the greeting plays), `greedy_whisper` (beam 1),
+load, the LLM starts from the agent's prompt snapshot as `setup` leaves it, and reads the
+prompt while the greeting plays), `greedy_whisper` (beam 1),
 `optimized_llm_1_thread` (all three, the LLM generating on one thread), `optimized_1_thread`
 (all three, one thread per model and for the LLM), `optimized` (the worker's defaults: all three,
 the LLM on every core; the default 1.5B model) and `smollm2` (the same defaults with the small
@@ -54,6 +55,7 @@ from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualS
 from worker.local_llm import LocalLLMServer
 from worker.local_runtime import LocalRuntime, llm_batch_threads, llm_threads
 from worker.pipeline import load_vad
+from worker.prompt_snapshots import snapshot_prompts
 from worker.providers import build_providers, resolve
 from worker.settings import VADSettings
 
@@ -160,11 +162,11 @@ async def one_call(variant: dict[str, Any]) -> dict[str, list[float]]:
     """One measured call in this process; returns the samples of each metric."""
     agent = configured_agent(variant)
     server = LocalLLMServer(None, threads=llm_threads(), batch_threads=llm_batch_threads())
+    url = server.start()
+    if variant["warm"]:  # the prompt snapshot `setup` leaves (made once, then restored)
+        await snapshot_prompts(AgentRegistry([agent]), url)
     runtime = LocalRuntime.load(
-        AgentRegistry([agent]),
-        vad_model=load_vad(VADSettings()),
-        llm_url=server.start(),
-        warm=variant["warm"],
+        AgentRegistry([agent]), vad_model=load_vad(VADSettings()), llm_url=url, warm=variant["warm"]
     )
     caller = Recording.load("caller_basic")
     clock = CallClock()
