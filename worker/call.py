@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,8 @@ class Call(CallListener):
         self._closing_since: float | None = None
         # the user's turn so far, for interim transcripts
         self._turn_finals: list[str] = []
+        self._end_after_turn: tuple[asyncio.TimerHandle, Callable[[], None]] | None = None
+        """An ending put off until the caller's turn is in, and its ceiling (`_on_error`)."""
         # agent speech not yet reported, so the ending can wait for its transcript
         self._unreported: set[asyncio.Future[None]] = set()
         # summary
@@ -299,6 +302,8 @@ class Call(CallListener):
 
     async def _finish(self, ending: _Ending) -> CallResult:
         self._cancel_idle_timer()
+        if self._end_after_turn is not None:
+            self._end_after_turn[0].cancel()
         with contextlib.suppress(RuntimeError):
             self.session.input.set_audio_enabled(False)  # no new turns while ending
         if ending.goodbye and self.session.output.audio is not None:
@@ -437,6 +442,8 @@ class Call(CallListener):
             if closing:
                 self.log.info("the caller said goodbye: the call ends after the reply")
             self._outbox.put(lambda e: e.transcript("user", item.text_content or "", final=True))
+            if self._end_after_turn is not None:
+                self._end_after_turn[1]()  # the LLM has already failed: the turn is reported
         elif item.role == "assistant" and item.metrics:
             self._latencies.append(
                 {
@@ -498,12 +505,23 @@ class Call(CallListener):
         if recoverable:
             return
         # retries and fallbacks are spent: no provider is left for this stage
-        self.request_end(
+        end = functools.partial(
+            self.request_end,
             EndReason.ERROR,
             detail=f"no {stage} provider left",
             goodbye=self.lines["error_goodbye"],
             clip=self.setup.agent.apology_clip,
         )
+        if stage == "llm" and self._agent_state == "listening" and self._end_after_turn is None:
+            # the answer LiveKit began ahead of the caller's turn (the agent is not thinking
+            # yet) failed: the turn is still to come, and an apology now could skip it (the
+            # caller's words never reported). The call ends once the turn is in, or at the
+            # longest a turn can take to end.
+            self.log.info("the LLM failed before the caller's turn was in: ending after it")
+            delay = self.setup.agent.turn_taking.endpointing.max_delay + 1.0
+            self._end_after_turn = asyncio.get_running_loop().call_later(delay, end), end
+            return
+        end()
 
     def _on_close(self, ev: lk_events.CloseEvent) -> None:
         if self._ending.done():

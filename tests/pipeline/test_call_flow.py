@@ -327,6 +327,32 @@ async def test_a_failing_llm_ends_the_call_with_the_recorded_apology(
     check_call_events(call.events)
 
 
+async def test_an_llm_that_fails_before_the_turn_is_in_still_gets_the_turn_reported(
+    vad_model: vad.VAD, caller: Recording, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer begun ahead of the turn (preemptive generation) fails while the turn is still
+    being decided: the apology waits for the turn, so the caller's words are reported (an
+    apology at once made LiveKit skip the turn, and the words were lost)."""
+    caplog.set_level(logging.INFO)
+    overrides = {
+        "turn_taking": {
+            "aec_warmup": 0,
+            "detection": "vad",
+            "endpointing": {"min_delay": 1.5, "max_delay": 2.0},
+        }
+    }
+    async with harness(vad_model, [caller.text("question")], agent_overrides=overrides) as call:
+        call.llm.fail = True
+        await ask(call, caller.clip("question"))
+        ended = await call.wait_event(is_type("call_ended"), timeout=15)
+    assert ended["reason"] == "error"
+    finals = [(e["role"], e["text"]) for e in call.of_type("transcript") if e["final"]]
+    said = [final for final in finals[1:] if final != ("agent", "")]  # the reply that never came
+    assert said == [("user", caller.text("question")), ("agent", call.agent.messages.error_goodbye)]
+    assert "the LLM failed before the caller's turn was in" in caplog.text
+    check_call_events(call.events)
+
+
 @pytest.mark.parametrize(
     ("payload", "sender", "topic", "logged"),
     [
