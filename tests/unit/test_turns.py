@@ -435,6 +435,30 @@ async def test_a_transcript_that_never_comes_is_waited_for_only_so_long(
     assert len(model.heard) == 1, "judged on what it has"
 
 
+async def test_a_recognition_in_progress_is_waited_for_past_the_transcript_ceiling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whisper on a slow machine, the second half queued behind the first: its transcript came
+    3.2 s after the last word, and judging the first half alone at 3.0 s split the sentence."""
+    monkeypatch.setattr(detector_module, "TRANSCRIPT_WAIT", 0.3)
+    model = FakeModel(0.99)
+    turns = detector(model)
+    now = time.time()
+    turns.tap.push(frame(3.0))
+    turns.caller_speaking(now - 3.0)
+    turns.caller_silent(now - 1.7)
+    turns.stt_accounted(now - 2.0, words=True)  # "Hi, I would like to check on mine."
+    turns.caller_speaking(now - 1.2)  # "order, please."
+    turns.caller_silent(now)
+    turns.stt_recognizing(now - 0.3)  # the STT's VAD cut it and Whisper is on it
+    deciding = asyncio.create_task(turns.predict_end_of_turn(said("... check on mine.")))
+    await asyncio.sleep(0.6)  # past TRANSCRIPT_WAIT after the last word
+    assert not deciding.done()
+    assert model.heard == [], "no decision on half the words"
+    turns.stt_accounted(now - 0.3, words=False)  # it found no words after all
+    assert await asyncio.wait_for(deciding, 5) == 0.99
+
+
 async def test_the_tap_resamples_and_passes_audio_through() -> None:
     tap = AudioTap()
 

@@ -94,9 +94,15 @@ class CallTurns:
         async for event in events:
             if not isinstance(event, stt.SpeechEvent):
                 continue
-            if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT and self.detector is not None:
-                # before the acknowledgement filter: a swallowed "yeah" was still heard
-                self.detector.stt_accounted(event.speech_end_time or event.created_at, words=True)
+            if self.detector is not None:
+                if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    # before the acknowledgement filter: a swallowed "yeah" was still heard
+                    self.detector.stt_accounted(
+                        event.speech_end_time or event.created_at, words=True
+                    )
+                elif event.type == stt.SpeechEventType.END_OF_SPEECH and event.speech_end_time:
+                    # LiveKit's StreamAdapter: its VAD cut the speech, the recognition began
+                    self.detector.stt_recognizing(event.speech_end_time)
             for passed in self.barge_in.process(event) if self.barge_in else (event,):
                 yield passed
 

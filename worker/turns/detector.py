@@ -20,7 +20,11 @@ Neither signal is asked while the STT still owes the words of the caller's lates
 caller who resumed before the transcript of the first half arrived; local Whisper takes about a
 second per segment on 2 cores): judging the first half alone split the sentence. The detector
 waits for that transcript (its arrival restarts the decision), at most `TRANSCRIPT_WAIT` after
-the last word, or until the STT reports it recognized the speech and found no words.
+the last word, or until the STT reports it recognized the speech and found no words. A local STT
+that has cut the speech and is recognizing it will answer, only late when the machine is slow
+(Whisper base takes 2 s a segment on a slow 2-core machine, queued one after another): it is
+waited for up to `RECOGNITION_WAIT`, since a turn judged without its last words is answered
+twice.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ KEEP_AUDIO = WINDOW / RATE + 2.0
 TRANSCRIPT_WAIT = 3.0
 """The longest wait, after the last word, for a transcript the STT still owes: then the turn is
 judged on the words it has."""
+RECOGNITION_WAIT = 10.0
+"""The same, once the STT has said it is recognizing that speech (a local STT behind the VAD)."""
+WORDS_GRACE = 1.0
+"""How long a decision made without words that just arrived waits for the session's next one,
+which includes them and cancels it."""
 
 
 class AudioTap:
@@ -170,6 +179,7 @@ class EndOfTurnDetector:
         self._warned = False
         self._heard_until = 0.0
         self._heard_words = False
+        self._recognizing_until = 0.0
         self._heard = asyncio.Event()
 
     @property
@@ -204,6 +214,13 @@ class EndOfTurnDetector:
         if until > self._heard_until:
             self._heard_until = until
             self._heard_words = words
+            self._heard.set()
+
+    def stt_recognizing(self, until: float) -> None:
+        """The STT has cut the caller's speech up to `until` and is recognizing it (a local STT
+        behind the VAD): its answer, words or none, is certain, only maybe slow."""
+        if until > self._recognizing_until:
+            self._recognizing_until = until
             self._heard.set()
 
     def turn_over(self) -> None:
@@ -262,14 +279,16 @@ class EndOfTurnDetector:
         turn = self._turn
         if turn.speech_ended_at is None or turn.resumed_at is None:
             return
-        deadline = turn.speech_ended_at + TRANSCRIPT_WAIT
         owed = False
         while turn.resumed_at > self._heard_until:
-            if (left := deadline - time.time()) <= 0:
+            recognizing = self._recognizing_until >= turn.resumed_at
+            wait = RECOGNITION_WAIT if recognizing else TRANSCRIPT_WAIT
+            if (left := turn.speech_ended_at + wait - time.time()) <= 0:
                 logger.info(
-                    "end of turn: no transcript of the caller's last words %ss after them: "
+                    "end of turn: no transcript of the caller's last words %ss after them%s: "
                     "judging on %r",
-                    TRANSCRIPT_WAIT,
+                    wait,
+                    " (the STT is still recognizing them)" if recognizing else "",
                     transcript[-60:],
                 )
                 return
@@ -282,7 +301,7 @@ class EndOfTurnDetector:
         if owed and self._heard_words:
             # the words are on their way to the session, whose next decision includes them and
             # cancels this one; this decision, on the words without them, is never made
-            await asyncio.sleep(max(0.0, deadline - time.time()))
+            await asyncio.sleep(WORDS_GRACE)
 
     def _decided(self, decision: Decision, transcript: str) -> float:
         self.decisions.append(decision)
