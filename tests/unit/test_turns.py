@@ -405,14 +405,20 @@ async def test_words_the_stt_still_owes_are_waited_for_not_judged_without() -> N
     assert await turns.predict_end_of_turn(said("... mine. Order, please.")) == 0.99
 
 
-async def test_speech_the_stt_found_no_words_in_holds_nothing() -> None:
-    model = FakeModel(0.99)
+def first_half_heard(model: FakeModel) -> tuple[EndOfTurnDetector, float]:
+    """A caller who spoke for 1.3 s, paused, and whose words so far are transcribed."""
     turns = detector(model)
     now = time.time()
     turns.tap.push(frame(3.0))
-    turns.caller_speaking(now - 3.0)
+    turns.caller_speaking(now - 3.0)  # "Hi, I would like to check on my"
     turns.caller_silent(now - 1.7)
     turns.stt_accounted(now - 2.0, words=True)
+    return turns, now
+
+
+async def test_speech_the_stt_found_no_words_in_holds_nothing() -> None:
+    model = FakeModel(0.99)
+    turns, now = first_half_heard(model)
     turns.caller_speaking(now - 1.0)  # a cough
     turns.caller_silent(now)
     deciding = asyncio.create_task(turns.predict_end_of_turn(said("It arrived broken.")))
@@ -442,12 +448,7 @@ async def test_a_recognition_in_progress_is_waited_for_past_the_transcript_ceili
     3.2 s after the last word, and judging the first half alone at 3.0 s split the sentence."""
     monkeypatch.setattr(detector_module, "TRANSCRIPT_WAIT", 0.3)
     model = FakeModel(0.99)
-    turns = detector(model)
-    now = time.time()
-    turns.tap.push(frame(3.0))
-    turns.caller_speaking(now - 3.0)
-    turns.caller_silent(now - 1.7)
-    turns.stt_accounted(now - 2.0, words=True)  # "Hi, I would like to check on mine."
+    turns, now = first_half_heard(model)  # "Hi, I would like to check on mine."
     turns.caller_speaking(now - 1.2)  # "order, please."
     turns.caller_silent(now)
     turns.stt_recognizing(now - 0.3)  # the STT's VAD cut it and Whisper is on it
