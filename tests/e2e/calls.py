@@ -87,13 +87,15 @@ def script(replies: Sequence[tuple[str, str]]) -> Script:
 
 @asynccontextmanager
 async def stand_ins(
-    recording: Recording, llm: Responder, min_score: float = 0.8
+    recording: Recording, llm: Responder, min_score: float = 0.5
 ) -> AsyncIterator[StandIns]:
     """Deepgram knowing the recording's clips (`min_score`: how closely a segment must match
     one), the LLM answering with `llm`, a humming TTS."""
     clips = recording.spoken_clips()
-    # the clips reach the stand-in through Opus twice (caller -> server -> worker): a looser match
-    # than the default, safe with these recordings' few, distinct clips
+    # the clips reach the stand-in through Opus twice (caller -> server -> worker), and through
+    # aiortc's jitter buffer on a loaded machine (a CI run heard a clean question at 0.70-0.74):
+    # a much looser match than the default. The best clip still wins: these recordings' long
+    # clips score at most 0.58 against each other, so the bar only turns away what is no clip
     matcher = ClipMatcher(clips, min_score=min_score)
     stt = DeepgramStandIn(api_key=KEYS["DEEPGRAM_API_KEY"], transcriber=matcher)
     llm_service = OpenAIStandIn(api_key=KEYS["OPENAI_API_KEY"], responder=llm)

@@ -46,6 +46,7 @@ async def answer(body: dict[str, Any]) -> Reply:
 @dataclass
 class CallOutcome:
     caller: str
+    room: str
     seconds: float
     error: str | None = None
     """Why the call did not go as a call must (None: it did)."""
@@ -123,8 +124,9 @@ async def at_rest(worker: WorkerProcess, probe: Path, lk: LiveKitFixture) -> dic
 async def one_call(lk: LiveKitFixture, caller: str, question: Any) -> CallOutcome:
     started = time.monotonic()
     events: list[dict[str, Any]] = []
+    room = room_name(caller)
     try:
-        async with call(lk, room_name(caller), caller) as c:
+        async with call(lk, room, caller) as c:
             events = c.events
             await c.event(JOIN_S, type="transcript", role="agent", text=GREETING)
             c.play(question)
@@ -138,8 +140,23 @@ async def one_call(lk: LiveKitFixture, caller: str, question: Any) -> CallOutcom
     except (Exception, pytest.fail.Exception) as exc:  # pytest's Failed is a BaseException
         seen = [(e["type"], e.get("state") or e.get("text", "")[:40]) for e in events[-4:]]
         error = f"{type(exc).__name__}: {exc} (last events: {seen})"
-        return CallOutcome(caller, time.monotonic() - started, error)
-    return CallOutcome(caller, time.monotonic() - started, answered=answered)
+        return CallOutcome(caller, room, time.monotonic() - started, error)
+    return CallOutcome(caller, room, time.monotonic() - started, answered=answered)
+
+
+def room_log(log: str, room: str, limit: int = 40) -> list[str]:
+    """The worker's log lines about `room` (time, level, message), the last `limit` of them:
+    what a failed call's job did, without the whole soak's log."""
+    lines = []
+    for line in log.splitlines():
+        if room not in line:
+            continue
+        try:
+            record = json.loads(line)
+            lines.append(f"{record.get('timestamp', '')} {record.get('level')} {record['message']}")
+        except (ValueError, KeyError, TypeError):
+            lines.append(line[:300])
+    return lines[-limit:]
 
 
 async def soak(

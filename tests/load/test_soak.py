@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import LiveKitFixture
-from tests.load.soak import soak
+from tests.load.soak import room_log, soak
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -24,7 +24,9 @@ async def test_calls_cycling_through_one_worker_lose_nothing_and_leak_nothing(
 ) -> None:
     report = await soak(livekit_server, tmp_path, {}, seconds=SECONDS, concurrency=2)
     print(report.as_json())
-    assert not report.failures, report.as_json()["failed"]
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    jobs = {c.caller: room_log(log, c.room) for c in report.failures}
+    assert not report.failures, (report.as_json()["failed"], jobs)
     assert len(report.calls) >= 10, "too few calls to say anything"
     # 2 of 106 questions in a 10-minute soak got interim transcripts but no final from the
     # stand-in STT under load (the calls still ended normally): counted, bounded, not hidden
