@@ -118,6 +118,9 @@ class LocalLLM(_ProviderBase):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.3
     max_tokens: Annotated[int, Field(gt=0, le=4096)] = 80
     max_history: Annotated[int, Field(ge=2, le=1000)] | None = 8
+    max_sentences: Annotated[int, Field(ge=1, le=20)] | None = 2
+    """Sentences of an answer that are spoken (null: all); always only its first line. The
+    1.5B follows a short answer with lists and form fields written for a screen."""
     warm_prompt: bool = True
     """Send the instructions once while the greeting plays, so the model has them cached (its
     first answer would otherwise wait for the whole prompt to be read)."""

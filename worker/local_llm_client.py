@@ -21,6 +21,12 @@ a local answer (300 tokens: 14 s for the 1.5B on a slow 2-core machine, longer t
 restoring it takes milliseconds, and llama.cpp reuses it up to the first token this call's
 prompt differs in (its placeholders), so a stale or foreign snapshot only costs a longer read,
 never a wrong answer.
+
+A small model also writes for a screen: the 1.5B follows a short answer with a blank line and a
+list, a "Status Update:" or an "[Insert Order Number]". `SpokenReply` keeps what is said to the
+first `max_sentences` sentences and the first line; the rest of the answer is still read for its
+tool calls, but never spoken, and the history holds what was said (so the model sees itself
+answer briefly).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import asyncio
 import dataclasses
 import fcntl
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +93,41 @@ def claim_slot(llm_url: str, slots: int) -> Slot | None:
     return None
 
 
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*$")
+_SCREEN_MARKUP = str.maketrans("", "", "*#`_")
+
+
+class SpokenReply:
+    """What of a streamed answer is spoken: its first `max_sentences` sentences (None: all) of
+    its first line, without markdown emphasis."""
+
+    def __init__(self, max_sentences: int | None) -> None:
+        self._left = max_sentences
+        self._said = ""
+        self.over = False
+
+    def feed(self, text: str) -> str:
+        """The part of the next piece of the answer that is spoken ("" once it is over)."""
+        kept: list[str] = []
+        for char in text.translate(_SCREEN_MARKUP):
+            if self.over:
+                break
+            if char.isspace() and not self._said:
+                continue  # nothing said yet: a leading line break is not the answer's end
+            if char in "\r\n":
+                self.over = True
+            elif char.isspace() and self._left is not None and self._sentence_ended():
+                self._left -= 1
+                self.over = self._left == 0
+            if not self.over:
+                self._said += char
+                kept.append(char)
+        return "".join(kept)
+
+    def _sentence_ended(self) -> bool:
+        return _SENTENCE_END.search(self._said[-8:]) is not None
+
+
 class ToolSafeLLM(llm.LLM[None]):
     """Wraps the OpenAI plugin's LLM pointed at the local server (see the module doc)."""
 
@@ -97,11 +139,14 @@ class ToolSafeLLM(llm.LLM[None]):
         body: dict[str, Any],
         slot: Slot | None,
         snapshot: tuple[str, str] | None = None,
+        max_sentences: int | None = None,
     ) -> None:
         """`snapshot`: the server's URL (…/v1) and the file name of the agent's prompt snapshot,
-        which the slot starts from (see the module doc)."""
+        which the slot starts from; `max_sentences`: what `SpokenReply` keeps (see the module
+        doc)."""
         super().__init__()
         self._inner = inner
+        self.max_sentences = max_sentences
         self._snapshot = (
             None
             if snapshot is None or slot is None
@@ -216,6 +261,7 @@ class _ToolSafeStream(llm.LLMStream):
         self._inner = inner
         self._request = request
         self._answered = False
+        self._spoken = SpokenReply(outer.max_sentences)
 
     async def _run(self) -> None:
         await self._outer.before_request()
@@ -251,7 +297,11 @@ class _ToolSafeStream(llm.LLMStream):
             **request,
         ) as stream:
             async for chunk in stream:
-                self._answered = self._answered or bool(chunk.delta and chunk.delta.content)
+                if chunk.delta is not None and chunk.delta.content:
+                    said = self._spoken.feed(chunk.delta.content)
+                    self._answered = self._answered or bool(said)
+                    delta = chunk.delta.model_copy(update={"content": said or None})
+                    chunk = chunk.model_copy(update={"delta": delta})  # noqa: PLW2901
                 self._event_ch.send_nowait(chunk)
 
     async def _metrics_monitor_task(self, event_aiter: Any) -> None:

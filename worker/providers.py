@@ -406,6 +406,7 @@ def local_llm(entry: LocalLLM, url: str, *, snapshot: str) -> ToolSafeLLM:
         body={"repeat_penalty": LOCAL_REPEAT_PENALTY},
         slot=claim_slot(url, SLOTS),
         snapshot=(url, snapshot),
+        max_sentences=entry.max_sentences,
     )
 
 

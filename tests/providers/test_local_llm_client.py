@@ -30,6 +30,8 @@ REFUSAL = {
     "type": "server_error",
 }
 ANSWER = "Sure, what is your order number?"
+SCREEN_ANSWER = f"**Sure!** Let me help. {ANSWER}\n\n1. Your name\n2. [Insert Order Number]"
+"""What the 1.5B writes for a screen: a short answer, then a list of form fields."""
 
 
 class LlamaCppStandIn:
@@ -59,6 +61,8 @@ class LlamaCppStandIn:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
+        if self.refuse == "screen":
+            return await self.screen_answer(request)
         if self.broken or (body.get("tools") and self.refuse == "status"):
             return web.json_response({"error": REFUSAL}, status=500)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -77,6 +81,26 @@ class LlamaCppStandIn:
             await response.write(f"data: {json.dumps({'error': REFUSAL})}\n\n".encode())
         else:
             await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def screen_answer(self, request: web.Request) -> web.StreamResponse:
+        """`SCREEN_ANSWER` a few characters at a time, then a parsed call of `end_call`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        call = {"index": 0, "id": "call_1", "type": "function"}
+        call["function"] = {"name": "end_call", "arguments": "{}"}
+        pieces = [{"content": SCREEN_ANSWER[i : i + 4]} for i in range(0, len(SCREEN_ANSWER), 4)]
+        ends = [None] * len(pieces) + ["tool_calls"]
+        for delta, end in zip([*pieces, {"tool_calls": [call]}], ends, strict=True):
+            chunk = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "local",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": end}],
+            }
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
         return response
 
 
@@ -158,6 +182,25 @@ async def test_words_before_an_unparsable_tool_call_are_the_answer(
     assert answer.text == ANSWER, "what the caller already heard stays the answer"
     assert len(stand_in.requests) == 1, "not asked again: the words were spoken"
     assert errors == []
+
+
+async def test_only_the_first_sentences_are_spoken_and_a_later_tool_call_still_counts(
+    llama_cpp: tuple[LlamaCppStandIn, str],
+) -> None:
+    """The shipped agent's local answers are capped at two sentences of their first line, and
+    the answer is still read to its end, so the tool call after the words is made."""
+    stand_in, url = llama_cpp
+    stand_in.refuse = "screen"
+    model = local_llm(url)
+    stream = model.chat(
+        chat_ctx=chat_context(),
+        tools=end_call_tools(),
+        conn_options=APIConnectOptions(max_retry=0, timeout=5),
+    )
+    answer = await stream.collect()
+    await stream.aclose()
+    assert answer.text == "Sure! Let me help."
+    assert [call.name for call in answer.tool_calls] == ["end_call"]
 
 
 async def test_a_failure_without_tools_is_reported_as_before(

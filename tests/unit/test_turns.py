@@ -83,6 +83,7 @@ def test_not_acknowledgements(text: str) -> None:
         "Okay, bye then.",
         "Thanks, you too. Have a nice day!",
         "Um, no thank you, that's it.",
+        "Okay, I'll try that. Thank you, goodbye.",  # the last sentence closes the call
     ],
 )
 def test_goodbyes(text: str) -> None:
@@ -99,6 +100,8 @@ def test_goodbyes(text: str) -> None:
         "Okay, thanks.",  # thanks alone: the caller may go on
         "No.",
         "Bye the way, where is my parcel?",
+        "Goodbye. Oh wait, one more thing?",  # the caller goes on after it
+        "I'll try that. Thanks.",  # thanks alone, even last
         "Goodbye goodbye goodbye goodbye goodbye goodbye goodbye",  # more than six parts
         "",
     ],

@@ -23,6 +23,7 @@ MAX_PHRASE_WORDS = 4
 
 _SEPARATORS = re.compile(r"[\-\u2010-\u2015/]")
 _NOT_A_WORD = re.compile(r"[^\w\s']")
+_SENTENCES = re.compile(r"(?<=[.!?])\s+")
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -229,8 +230,9 @@ class PhraseSet:
 
 class Goodbyes:
     """A caller's closing turn: nothing but goodbyes, thanks and acknowledgements, with at least
-    one goodbye ("No, that's all, thanks. Bye!"), but never a request that merely holds one ("I
-    want to say goodbye to my old plan")."""
+    one goodbye ("No, that's all, thanks. Bye!"), or a turn whose last sentence is one ("Okay,
+    I'll try that. Thank you, goodbye."); never a request that merely holds one ("I want to say
+    goodbye to my old plan") or that follows one ("Goodbye. Oh wait, one more thing?")."""
 
     def __init__(self, goodbyes: Iterable[str], extras: Iterable[str]) -> None:
         self._goodbyes = frozenset(w for w in map(words, goodbyes) if w)
@@ -240,6 +242,10 @@ class Goodbyes:
         return len(self._goodbyes)
 
     def is_goodbye(self, text: str) -> bool:
+        last = _SENTENCES.split(text.strip())[-1]
+        return self._closes(text) or (last != text.strip() and self._closes(last))
+
+    def _closes(self, text: str) -> bool:
         said = words(text)
         if not said or not _covers(said, self._parts, MAX_GOODBYE_PARTS):
             return False
