@@ -32,13 +32,13 @@ from typing import Any
 import yaml
 from livekit.agents import llm
 
-from worker.agent import VoiceAgent
 from worker.config import AgentConfig, load_registry
 from worker.local_llm import QWEN, SMOLLM2, LocalLLMServer
 from worker.local_runtime import LocalRuntime, llm_batch_threads, llm_threads
 from worker.pipeline import load_vad
 from worker.providers import build_llm, connect_options, resolve
 from worker.settings import VADSettings
+from worker.tools.calls import prompt_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 TURNS = Path(__file__).with_name("support_turns.yaml")
@@ -97,13 +97,7 @@ async def run_model(model: str, agent: AgentConfig, turns: dict[str, list[Turn]]
     runtime = LocalRuntime(vad=load_vad(VADSettings()), llm_url=server.start())
     entry = agent.llm[0]
     instructions, greeting = agent.render(agent.instructions, {}), agent.render(agent.greeting, {})
-    voice = VoiceAgent(
-        instructions=instructions,
-        greeting=greeting,
-        greeting_interruptible=False,
-        on_end_call=lambda: None,
-    )
-    tools = [tool for tool in voice.tools if isinstance(tool, llm.Tool)]
+    tools = await prompt_tools(agent)
     model_llm = build_llm(agent, {}, runtime)
     answers: list[dict[str, Any]] = []
     try:

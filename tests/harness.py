@@ -18,7 +18,7 @@ import jiwer
 import jsonschema
 import numpy as np
 import yaml
-from livekit.agents import APIConnectOptions, vad
+from livekit.agents import APIConnectOptions, llm, vad
 from livekit.agents.utils import http_context
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
@@ -29,6 +29,7 @@ from worker.config import AgentConfig
 from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
 from worker.local_runtime import load_turn_model
 from worker.providers import Providers
+from worker.tools.calls import prompt_tools
 from worker.turns.detector import ModelRunner
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -67,6 +68,11 @@ class Recording:
                 start, end = int(piece["start"] * self.rate), int(piece["end"] * self.rate)
                 clips.append((self.samples[start:end], str(piece["text"])))
         return clips
+
+
+async def end_call_tools() -> list[llm.Tool]:
+    """The tools of an agent without `tools:` in its file (`end_call`), as its LLM gets them."""
+    return await prompt_tools(make_agent())
 
 
 def make_agent(**overrides: Any) -> AgentConfig:

@@ -1,11 +1,12 @@
-"""The LiveKit `Agent` for one call: rendered instructions, the greeting, the `end_call` tool,
-and the call's turn-taking in its STT node."""
+"""The LiveKit `Agent` for one call: rendered instructions, the greeting, the call's tools
+(`worker.tools`), its turn-taking in the STT node, and a line of its own when the LLM has
+nothing to say after a tool failed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
@@ -14,9 +15,6 @@ from livekit.agents import (
     APIConnectOptions,
     FlushSentinel,
     ModelSettings,
-    RunContext,
-    StopResponse,
-    function_tool,
     llm,
     stt,
 )
@@ -52,7 +50,8 @@ async def read_prompt(
 
 
 class VoiceAgent(Agent):
-    """Greets first (a fixed line, spoken without waiting for the LLM) and can hang up."""
+    """Greets first (a fixed line, spoken without waiting for the LLM), then answers with its
+    tools."""
 
     def __init__(
         self,
@@ -60,16 +59,18 @@ class VoiceAgent(Agent):
         instructions: str,
         greeting: str,
         greeting_interruptible: bool,
-        on_end_call: Callable[[], None],
+        tools: Sequence[llm.Tool | llm.Toolset],
+        tool_error: str | None = None,
         max_history: int | None = None,
         warm_prompt: bool = False,
         turns: CallTurns | None = None,
     ) -> None:
-        super().__init__(instructions=instructions)
+        """`tool_error`: said when the LLM answers a failed tool with nothing."""
+        super().__init__(instructions=instructions, tools=list(tools))
         self._turns = turns
         self._greeting = greeting
         self._greeting_interruptible = greeting_interruptible
-        self._on_end_call = on_end_call
+        self._tool_error = tool_error
         self._max_history = max_history
         self._warm_prompt = warm_prompt
         self._warming: asyncio.Task[None] | None = None
@@ -108,16 +109,39 @@ class VoiceAgent(Agent):
         | Coroutine[Any, Any, None]
     ):
         """The default LLM step, on the last `max_history` items only (small models loop on
-        long contexts); the instructions are always kept."""
+        long contexts; the instructions are always kept), with `tool_error` when it answers a
+        failed tool with nothing."""
+        after_failure = _after_failed_tool(chat_ctx)
         if self._max_history is not None:
             chat_ctx = chat_ctx.copy().truncate(max_items=self._max_history)
-        return Agent.default.llm_node(self, chat_ctx, tools, model_settings)
+        answer = Agent.default.llm_node(self, chat_ctx, tools, model_settings)
+        if not after_failure or self._tool_error is None:
+            return answer
+        return _or_line(answer, self._tool_error)
 
-    @function_tool
-    async def end_call(self, ctx: RunContext[None]) -> None:
-        """End the phone call. Call this only after you said goodbye: when the caller says
-        goodbye, asks to hang up, or the conversation is clearly over."""
-        await ctx.wait_for_playout()  # let the goodbye that came with this call finish playing
-        # end once this turn is complete, so its transcript reaches the client first
-        ctx.speech_handle.add_done_callback(lambda _: self._on_end_call())
-        raise StopResponse()  # no further reply after hanging up
+
+def _after_failed_tool(chat_ctx: llm.ChatContext) -> bool:
+    """Whether the context ends with tool results, one of them an error."""
+    results = []
+    for item in reversed(chat_ctx.items):
+        if item.type == "function_call_output":
+            results.append(item)
+        elif item.type != "function_call":
+            break
+    return any(result.is_error for result in results)
+
+
+async def _or_line(
+    answer: AsyncIterable[llm.ChatChunk | str | FlushSentinel], line: str
+) -> AsyncIterator[llm.ChatChunk | str | FlushSentinel]:
+    """`answer`, or `line` when it holds neither words nor a tool call."""
+    said = False
+    async for chunk in answer:
+        if isinstance(chunk, str):
+            said = said or bool(chunk.strip())
+        elif isinstance(chunk, llm.ChatChunk) and chunk.delta is not None:
+            said = said or bool((chunk.delta.content or "").strip() or chunk.delta.tool_calls)
+        yield chunk
+    if not said:
+        logger.info("the LLM said nothing after a failed tool: saying the agent's line")
+        yield line

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ from .pipeline import build_session
 from .placeholders import placeholder_values
 from .protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
 from .providers import Providers
+from .tools.calls import CallHooks, CallTools, ToolStatus
+from .tools.failure import ToolFailedError
 from .turns.call_turns import CallTurns
 from .turns.detector import ModelRunner
 
@@ -101,6 +104,14 @@ class CallTransport(ABC):
     async def close(self, reason: EndReason | None) -> None:
         """Release the transport (leave the room, close files). Called once, last."""
 
+    async def transfer(self, to: str) -> None:  # noqa: ARG002  (a transport without lines)
+        """Hand the caller to `to` (a number or SIP URI); `ToolFailedError` when impossible."""
+        raise ToolFailedError(f"a {self.label} call has no phone line to transfer")
+
+    async def send_dtmf(self, digits: str) -> None:  # noqa: ARG002
+        """Press `digits` on the call's keypad; `ToolFailedError` when impossible."""
+        raise ToolFailedError(f"a {self.label} call has no phone line to send keys on")
+
 
 @dataclass
 class CallSetup:
@@ -119,6 +130,8 @@ class CallSetup:
     """The process's end-of-turn model (agents with `smart_turn`; None: turns end on silence)."""
     ledger: CallLedger | None = None
     """What the main process reads if this process dies mid-call (see `crash_guard`)."""
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    """Where the tools' `${VAR}` secrets come from."""
 
 
 @dataclass
@@ -175,18 +188,22 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         lines=lines,
         turns=turns,
     )
-    agent = VoiceAgent(
-        instructions=setup.agent.render(setup.agent.instructions, values),
-        greeting=setup.agent.render(setup.agent.greeting, values),
-        greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
-        on_end_call=lambda: call.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
-        max_history=setup.agent.llm[0].max_history,
-        warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
-        turns=turns,
-    )
+    tools = CallTools(setup.agent, setup.env, call.tool_hooks())
+    call.tools = tools
     try:
+        agent = VoiceAgent(
+            instructions=setup.agent.render(setup.agent.instructions, values),
+            greeting=setup.agent.render(setup.agent.greeting, values),
+            greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
+            tools=await tools.build(),
+            tool_error=lines["tool_error"],
+            max_history=setup.agent.llm[0].max_history,
+            warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
+            turns=turns,
+        )
         return await call.run(agent)
     finally:  # the session leaves its providers open: they hold connections and an LLM slot
+        await tools.aclose()
         await _close_providers(setup.providers)
 
 
@@ -250,6 +267,8 @@ class Call(CallListener):
         self._agent_turns = 0
         self._interruptions = 0
         self._latencies: list[dict[str, float]] = []
+        self.tools: CallTools | None = None
+        self._transferring = False
         transport.listener = self
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -359,6 +378,31 @@ class Call(CallListener):
             goodbye=self.lines["shutdown_goodbye"],
         )
 
+    # --- tools ----------------------------------------------------------------------------------
+
+    def tool_hooks(self) -> CallHooks:
+        return CallHooks(
+            end_call=lambda: self.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
+            transfer=self._transfer,
+            send_dtmf=self.transport.send_dtmf,
+            report=self._report_tool,
+            filler=self.lines["tool_filler"],
+        )
+
+    async def _transfer(self, to: str) -> None:
+        """Hand the caller over; the call ends `transferred` (a caller leaving the room meanwhile
+        is the transfer taking them, not a hang-up)."""
+        self._transferring = True
+        try:
+            await self.transport.transfer(to)
+        finally:
+            self._transferring = False
+        self.request_end(EndReason.TRANSFERRED, detail="transferred by the transfer_call tool")
+
+    def _report_tool(self, name: str, status: ToolStatus, seconds: float | None) -> None:
+        self._outbox.put(lambda e: e.tool_call(name, status, seconds))
+        self._update_idle_timer()
+
     # --- transport reports ----------------------------------------------------------------------
 
     def data_received(self, data: bytes, *, sender: str | None, topic: str) -> None:
@@ -381,6 +425,9 @@ class Call(CallListener):
         )
 
     def caller_left(self, detail: str) -> None:
+        if self._transferring:
+            self.request_end(EndReason.TRANSFERRED, detail=f"transferred ({detail})")
+            return
         self.request_end(EndReason.CALLER_LEFT, detail=detail, stop_audio=True)
 
     def transport_lost(self, reason: EndReason, detail: str) -> None:
@@ -533,6 +580,7 @@ class Call(CallListener):
 
     def _update_idle_timer(self) -> None:
         silent = self._agent_state == "listening" and not self._user_speaking
+        silent = silent and (self.tools is None or not self.tools.running)  # a tool is working
         if not silent or self._ending.done():
             self._cancel_idle_timer()
         elif self._idle_timer is None:

@@ -16,7 +16,6 @@ the worker at start instead of failing during a call.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +32,7 @@ from pydantic import (
 
 from .audio_files import BUNDLED_APOLOGY, AudioFileError, check_clip
 from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
+from .tools.spec import DEFAULT_TOOLS, ToolCalls, ToolSpec, check_tools, placeholders
 from .turns import phrases
 
 PLACEHOLDER_MAX_LEN = 200
@@ -299,6 +299,10 @@ class Messages(_Strict):
     idle_goodbye: str = "It seems you've stepped away. Goodbye for now."
     max_duration_goodbye: str = "We've reached the time limit for this call. Thank you, goodbye."
     shutdown_goodbye: str = "I'm sorry, I have to end the call now. Please call back in a moment."
+    tool_filler: str = "One moment while I check that."
+    """Said once when a tool has not answered within `tool_calls.filler_delay`."""
+    tool_error: str = "I'm sorry, I couldn't do that just now."
+    """Said when a tool failed and the LLM has nothing to say about it."""
     error_goodbye: str = DEFAULT_ERROR_GOODBYE
     """Played when a provider stage has failed for good, from `error_goodbye_audio`."""
     error_goodbye_audio: str | None = None
@@ -324,6 +328,10 @@ class AgentConfig(_Strict):
     turn_taking: TurnTaking = TurnTaking()
     limits: Limits = Limits()
     messages: Messages = Messages()
+    tools: list[ToolSpec] = Field(default_factory=lambda: list(DEFAULT_TOOLS), max_length=32)
+    """What the agent can do besides talking (`worker/tools/spec.py`); without `tools:`, only
+    `end_call`."""
+    tool_calls: ToolCalls = ToolCalls()
     local_fallback: bool = False
     """Let `start` replace a cloud provider whose key is missing by the local one. Off: production
     should never answer callers with a small local model by accident."""
@@ -347,10 +355,15 @@ class AgentConfig(_Strict):
                 raise ValueError(f"default of {key!r} is longer than {PLACEHOLDER_MAX_LEN}")
         return value
 
+    @field_validator("tools")
+    @classmethod
+    def _tools_unique(cls, value: list[ToolSpec]) -> list[ToolSpec]:
+        return check_tools(value)
+
     @model_validator(mode="after")
     def _placeholders_have_defaults(self) -> AgentConfig:
         for where, text in self.templates():
-            for name in template_fields(text, where):
+            for name in placeholders(text, where):
                 if name not in self.placeholders:
                     raise ValueError(
                         f"{where}: uses placeholder {{{name}}} with no default in 'placeholders'"
@@ -426,23 +439,6 @@ class AgentConfig(_Strict):
     def render(self, text: str, values: Mapping[str, str]) -> str:
         """`text` with placeholders filled from `values`, falling back to the config defaults."""
         return text.format_map({**self.placeholders, **values})
-
-
-def template_fields(text: str, where: str = "text") -> list[str]:
-    """Placeholder names used by `text` (`{{`/`}}` are literal braces); rejects anything but
-    plain `{name}` so untrusted values can never reach attribute or index lookups."""
-    names: list[str] = []
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc} (write literal braces as '{{{{' and '}}}}')") from None
-    for _literal, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conversion:
-            raise ValueError(f"{where}: placeholder {{{name}}} must be a plain {{name}}")
-        names.append(name)
-    return names
 
 
 class AgentRegistry:
@@ -578,9 +574,14 @@ def _describe(error: Any) -> str:
     # discriminated unions add the tag to the location (stt[0].deepgram.model): drop it
     for tag in ("deepgram.", "openai.", "elevenlabs.", "local."):
         location = location.replace(tag, "")
+    for kind in _TOOL_KINDS:  # tools[0].http.url: the same for tools
+        location = location.replace(f"].{kind}", "]")
     message = str(error["msg"]).removeprefix("Value error, ")
     # model-level checks name their field at the start of the message themselves
     return f"{location}: {_one_line(message)}" if location else _one_line(message)
+
+
+_TOOL_KINDS = ("http", "python", "mcp", "end_call", "transfer_call", "send_dtmf")
 
 
 def _one_line(text: str) -> str:

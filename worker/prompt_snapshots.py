@@ -13,9 +13,10 @@ import time
 
 from livekit.agents import llm
 
-from .agent import VoiceAgent, read_prompt
+from .agent import read_prompt
 from .config import AgentConfig, AgentRegistry, LocalLLM
 from .providers import local_llm, snapshot_name
+from .tools.calls import prompt_tools
 
 logger = logging.getLogger("worker.local_llm")
 
@@ -32,7 +33,7 @@ async def snapshot_prompts(registry: AgentRegistry, url: str) -> dict[str, float
         started = time.monotonic()
         model = local_llm(entry, url, snapshot=snapshot_name(agent))
         try:
-            await read_prompt(model, *_prompt(agent))
+            await read_prompt(model, *await _prompt(agent))
             if await model.keep_snapshot():
                 logger.info("prompt snapshot of %s saved", agent.id)
         finally:
@@ -41,19 +42,12 @@ async def snapshot_prompts(registry: AgentRegistry, url: str) -> dict[str, float
     return took
 
 
-def _prompt(agent: AgentConfig) -> tuple[llm.ChatContext, list[llm.Tool], str]:
+async def _prompt(agent: AgentConfig) -> tuple[llm.ChatContext, list[llm.Tool], str]:
     """A call's context before the greeting, its tools and its greeting (default values)."""
     instructions = agent.render(agent.instructions, {})
-    greeting = agent.render(agent.greeting, {})
-    voice = VoiceAgent(
-        instructions=instructions,
-        greeting=greeting,
-        greeting_interruptible=False,
-        on_end_call=lambda: None,
-    )
     context = llm.ChatContext.empty()
     context.add_message(role="system", content=instructions)  # as the session puts them
-    return context, [t for t in voice.tools if isinstance(t, llm.Tool)], greeting
+    return context, await prompt_tools(agent), agent.render(agent.greeting, {})
 
 
 def snapshot_in_background(registry: AgentRegistry, url: str) -> threading.Thread:

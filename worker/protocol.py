@@ -40,6 +40,7 @@ class EndReason(enum.StrEnum):
     ERROR = "error"
     WORKER_SHUTDOWN = "worker_shutdown"
     INPUT_ENDED = "input_ended"
+    TRANSFERRED = "transferred"
 
 
 class Control(enum.Enum):
@@ -94,6 +95,15 @@ class EventEncoder:
 
     def agent_state(self, state: AgentStateName) -> list[bytes]:
         return [self._event("agent_state", {"state": state})]
+
+    def tool_call(
+        self, name: str, status: Literal["started", "succeeded", "failed"], seconds: float | None
+    ) -> list[bytes]:
+        """A tool call's progress: never its arguments or result (they can be personal)."""
+        fields: dict[str, Any] = {"name": name, "status": status}
+        if seconds is not None:
+            fields["duration"] = round(seconds, 3)
+        return [self._event("tool_call", fields)]
 
     def call_ended(self, duration: float, reason: EndReason) -> list[bytes]:
         return [self._event("call_ended", {"duration": round(duration, 3), "reason": reason.value})]

@@ -15,8 +15,7 @@ import pytest
 from aiohttp import web
 from livekit.agents import APIConnectOptions, APIError, llm
 
-from tests.harness import make_agent
-from worker.agent import VoiceAgent
+from tests.harness import end_call_tools, make_agent
 from worker.config import AgentRegistry
 from worker.local_runtime import LocalRuntime
 from worker.pipeline import load_vad
@@ -126,13 +125,6 @@ def local_llm(url: str) -> AnyLLM:
     return build_providers(agent, env, runtime).llm
 
 
-def end_call_tools() -> list[llm.Tool]:
-    agent = VoiceAgent(
-        instructions="x", greeting="Hi", greeting_interruptible=False, on_end_call=lambda: None
-    )
-    return [tool for tool in agent.tools if isinstance(tool, llm.Tool)]
-
-
 def chat_context() -> llm.ChatContext:
     ctx = llm.ChatContext()
     ctx.add_message(role="system", content="You are a support agent.")
@@ -150,7 +142,7 @@ async def test_an_unparsable_tool_call_is_asked_again_without_tools(
     text = ""
     async with model.chat(
         chat_ctx=chat_context(),
-        tools=end_call_tools(),
+        tools=await end_call_tools(),
         conn_options=APIConnectOptions(max_retry=1, retry_interval=0, timeout=5),
     ) as stream:
         async for chunk in stream:
@@ -174,7 +166,7 @@ async def test_words_before_an_unparsable_tool_call_are_the_answer(
     model.on("error", errors.append)
     stream = model.chat(
         chat_ctx=chat_context(),
-        tools=end_call_tools(),
+        tools=await end_call_tools(),
         conn_options=APIConnectOptions(max_retry=1, retry_interval=0, timeout=5),
     )
     answer = await stream.collect()
@@ -194,7 +186,7 @@ async def test_only_the_first_sentences_are_spoken_and_a_later_tool_call_still_c
     model = local_llm(url)
     stream = model.chat(
         chat_ctx=chat_context(),
-        tools=end_call_tools(),
+        tools=await end_call_tools(),
         conn_options=APIConnectOptions(max_retry=0, timeout=5),
     )
     answer = await stream.collect()

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError, llm
 
-from tests.harness import make_agent
+from tests.harness import end_call_tools, make_agent
 from tests.standins.openai import (
     LocalLLMResponder,
     OpenAIStandIn,
@@ -30,7 +30,6 @@ from tests.standins.openai import (
     mask_key,
     split_tokens,
 )
-from worker.agent import VoiceAgent
 from worker.providers import AnyLLM, build_providers, connect_options
 
 KEY = "sk-test-4f9a1c2e7b8d0f3a6c5e"
@@ -174,22 +173,11 @@ async def test_max_completion_tokens_cuts_the_reply_as_openai_does(
 # --- (b) tool calls ---------------------------------------------------------------------------
 
 
-def end_call_tools() -> list[llm.Tool]:
-    """The worker's agent's tools: `end_call`."""
-    agent = VoiceAgent(
-        instructions="You are a test agent.",
-        greeting="Hi.",
-        greeting_interruptible=True,
-        on_end_call=lambda: None,
-    )
-    return [t for t in agent.tools if isinstance(t, llm.Tool)]
-
-
 async def test_the_agents_end_call_tool_comes_back_as_a_function_call(
     standin: OpenAIStandIn, make_llm: MakeLLM
 ) -> None:
     model, options = make_llm()
-    heard = await converse(model, options, "OK, bye now.", tools=end_call_tools())
+    heard = await converse(model, options, "OK, bye now.", tools=await end_call_tools())
 
     assert heard.text == GOODBYE
     assert [(c.name, json.loads(c.arguments)) for c in heard.calls] == [("end_call", {})]
@@ -505,7 +493,7 @@ async def test_local_llm_responder_relays_another_servers_answer(make_llm: MakeL
         OpenAIStandIn(api_key=KEY, responder=LocalLLMResponder(inner.url)) as outer,
     ):
         model, options = make_llm(url=outer.url)
-        heard = await converse(model, options, tools=end_call_tools())
+        heard = await converse(model, options, tools=await end_call_tools())
 
     assert heard.text == "From the other model."
     assert [c.name for c in heard.calls] == ["end_call"]
