@@ -77,6 +77,11 @@ async def end_call_tools() -> list[llm.Tool]:
 
 def make_agent(**overrides: Any) -> AgentConfig:
     """A valid agent config for tests; nested dicts in `overrides` merge into the defaults."""
+    return AgentConfig.model_validate(agent_fields(**overrides))
+
+
+def agent_fields(**overrides: Any) -> dict[str, Any]:
+    """The fields of `make_agent`'s agent, as an agent file's front matter and body hold them."""
     data: dict[str, Any] = {
         "id": "test-agent",
         "name": "Test agent",
@@ -92,7 +97,7 @@ def make_agent(**overrides: Any) -> AgentConfig:
             data[key] = {**data[key], **value}
         else:
             data[key] = value
-    return AgentConfig.model_validate(data)
+    return data
 
 
 @functools.cache

@@ -129,7 +129,10 @@ def has_key(entry: CloudEntry, env: Mapping[str, str]) -> bool:
 
 def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: bool) -> Resolution:
     """Decide every stage's providers: a cloud provider without its key is replaced by the local
-    provider when `allow_local` (development) or the agent opts in (`local_fallback`)."""
+    provider when `allow_local` (development) or the agent opts in (`local_fallback`). A tool's
+    missing `${VAR}` is a problem in every mode."""
+    from .tools.check import missing_secrets
+
     resolution = Resolution(AgentRegistry([]))
     agents = []
     for agent in registry:
@@ -153,6 +156,7 @@ def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: boo
                     entries.append(LOCAL_DEFAULTS[stage])
             updates[stage] = entries
         agents.append(agent.model_copy(update=updates))
+    resolution.problems += missing_secrets(registry, env)
     resolution.registry = AgentRegistry(turn_detection_fallback(agents, resolution.fallbacks))
     local_llms = {
         entry.model for _, entry in all_entries(resolution.registry) if isinstance(entry, LocalLLM)
@@ -194,8 +198,11 @@ def turn_detection_fallback(agents: list[AgentConfig], notes: list[str]) -> list
 
 
 def check_registry(registry: AgentRegistry) -> list[str]:
-    """Plugin options that would only fail during a call, found at start (file and field)."""
-    problems: list[str] = []
+    """Plugin options and `python` tools that would only fail during a call, found at start
+    (file and field)."""
+    from .tools.check import unusable_functions
+
+    problems: list[str] = unusable_functions(registry)
     for agent in registry:
         for where, entry in stage_entries(agent):
             if isinstance(entry, LocalSTT | LocalLLM | LocalTTS):

@@ -1,0 +1,42 @@
+"""What the agent files' tools need from the worker, checked at start: every `${VAR}` they name
+is in the environment, and every `python` tool's function imports with the declared signature."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .python import PythonToolError, load_function
+from .spec import HttpTool, McpServer, PythonTool, secrets, tool_name
+
+if TYPE_CHECKING:
+    from worker.config import AgentRegistry
+
+
+def missing_secrets(registry: AgentRegistry, env: Mapping[str, str]) -> list[str]:
+    """`file: tools[i] (name): field: needs VAR in the environment`, for each one missing."""
+    problems = []
+    for agent in registry:
+        for i, tool in enumerate(agent.tools):
+            if not isinstance(tool, HttpTool | McpServer):
+                continue
+            for where, var in secrets(tool.templates()):
+                if not env.get(var):
+                    problems.append(
+                        f"{agent.source}: tools[{i}] ({tool_name(tool)}): {where}: needs {var} "
+                        "in the environment"
+                    )
+    return problems
+
+
+def unusable_functions(registry: AgentRegistry) -> list[str]:
+    """`file: tools[i] (name): function: why`, for each `python` tool that cannot run."""
+    problems = []
+    for agent in registry:
+        for i, tool in enumerate(agent.tools):
+            if isinstance(tool, PythonTool):
+                try:
+                    load_function(tool)
+                except PythonToolError as exc:
+                    problems.append(f"{agent.source}: tools[{i}] ({tool.name}): function: {exc}")
+    return problems
