@@ -9,7 +9,7 @@ import functools
 import itertools
 import json
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -122,7 +122,9 @@ class CallHarness:
         metadata: str = "",
         shutdown: asyncio.Event | None = None,
         turn_runner: ModelRunner | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: where the agent's tools find their `${VAR}` secrets (default: none)."""
         self.agent = agent
         self.clock = CallClock()
         self.audio_in = PacedAudioInput(self.clock)
@@ -143,6 +145,7 @@ class CallHarness:
             shutdown=shutdown,
             turn_runner=turn_runner
             or (shared_turn_runner() if agent.turn_taking.detection == "smart_turn" else None),
+            env=env or {},
         )
         self._task: asyncio.Task[CallResult | None] | None = None
 

@@ -269,6 +269,9 @@ class Call(CallListener):
         self._latencies: list[dict[str, float]] = []
         self.tools: CallTools | None = None
         self._transferring = False
+        self._asides: dict[str, str] = {}
+        """Lines said outside the LLM's history (a tool's filler), by speech id: reported as
+        the agent's turns all the same."""
         transport.listener = self
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -386,8 +389,14 @@ class Call(CallListener):
             transfer=self._transfer,
             send_dtmf=self.transport.send_dtmf,
             report=self._report_tool,
+            say_aside=self._say_aside,
             filler=self.lines["tool_filler"],
         )
+
+    def _say_aside(self, line: str) -> SpeechHandle:
+        handle = self.session.say(line, add_to_chat_ctx=False)
+        self._asides[handle.id] = line
+        return handle
 
     async def _transfer(self, to: str) -> None:
         """Hand the caller over; the call ends `transferred` (a caller leaving the room meanwhile
@@ -519,7 +528,7 @@ class Call(CallListener):
             item.text_content or ""
             for item in handle.chat_items
             if isinstance(item, ChatMessage) and item.role == "assistant"
-        ).strip()
+        ).strip() or self._asides.pop(handle.id, "")
         interrupted = handle.interrupted
         if text or interrupted:  # else a tool-only step, or a reply with nothing to say
             self._agent_turns += 1

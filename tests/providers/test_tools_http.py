@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from livekit.agents import ToolError
 from livekit.agents.llm import RawFunctionTool
+from livekit.agents.voice.speech_handle import SpeechHandle
 
 from tests.harness import make_agent
 from tests.standins.tools import API_KEY_HEADER, ToolServerStandIn
@@ -141,6 +142,7 @@ async def test_arguments_are_checked_before_any_request(backend: ToolServerStand
         transfer=_never,
         send_dtmf=_never,
         report=lambda name, status, _: events.append((name, status)),
+        say_aside=_never_said,
         filler="One moment.",
     )
     (tool,) = await CallTools(agent, ENV, hooks).build()
@@ -155,3 +157,7 @@ async def test_arguments_are_checked_before_any_request(backend: ToolServerStand
 
 async def _never(_: str) -> None:
     raise AssertionError("not called")
+
+
+def _never_said(_: str) -> SpeechHandle:
+    raise AssertionError("not said")

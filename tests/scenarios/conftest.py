@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from livekit.agents import vad
@@ -34,10 +35,11 @@ def stand_in_factory(
             transcriber = ClipMatcher(recording.spoken_clips()) if manifest else whisper()
             return DeepgramStandIn(api_key=key, transcriber=transcriber)
         if stage == "llm":
-            rules = [(r.match, reply(r.say, r.call)) for r in spec.replies]
+            rules = [(r.match, reply(r.say, r.call, r.arguments)) for r in spec.replies]
+            after_tool = [spec.after_tool] if spec.after_tool else []
             return OpenAIStandIn(
                 api_key=key,
-                responder=Script(rules, [spec.default]),
+                responder=Script(rules, [spec.default], after_tool=after_tool),
                 first_token=spec.first_token,
                 token_interval=spec.token_interval,
             )
@@ -47,9 +49,9 @@ def stand_in_factory(
     return make
 
 
-def reply(say: str, call: str | None) -> list[str | ToolCall]:
+def reply(say: str, call: str | None, arguments: dict[str, Any]) -> list[str | ToolCall]:
     parts: list[str | ToolCall] = [say] if say else []
-    return [*parts, ToolCall(call)] if call else parts
+    return [*parts, ToolCall(call, arguments)] if call else parts
 
 
 @pytest.fixture(scope="session")

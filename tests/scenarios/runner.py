@@ -28,6 +28,7 @@ from tests.harness import CallHarness, Event, Recording, check_call_events, make
 from tests.standins.base import Faults, StandIn
 from tests.standins.elevenlabs import ElevenLabsStandIn
 from tests.standins.openai import OpenAIStandIn
+from tests.standins.tools import ToolServerStandIn
 from worker.providers import build_providers
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +37,8 @@ KEYS = {
     "OPENAI_API_KEY": "sk-scenario-key",
     "ELEVEN_API_KEY": "xi-scenario-key",
 }
+TOOL_KEY = "acme-scenario-key"
+"""The order API's key: `${ACME_API_KEY}` in a scenario agent's tool headers."""
 STAGE_KEYS = {"stt": "DEEPGRAM_API_KEY", "llm": "OPENAI_API_KEY", "tts": "ELEVEN_API_KEY"}
 STAGE_PROVIDERS = {"stt": "deepgram", "llm": "openai", "tts": "elevenlabs"}
 LOUD = 300.0
@@ -73,6 +76,8 @@ class Provider(_Strict):
     # llm
     replies: list[Reply] = Field(default_factory=list)
     default: str = "Let me check that for you."
+    after_tool: str = ""
+    """What the model says after a tool's result; `{result}` is the result."""
     first_token: float = 0.2
     token_interval: float = 0.03
     # tts
@@ -86,6 +91,7 @@ class Reply(_Strict):
     say: str = ""
     call: str | None = None
     """A tool the reply calls after its text (`end_call`)."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class Fault(_Strict):
@@ -119,9 +125,26 @@ class BargeIn(_Strict):
     """Seconds after the utterance starts by which the agent must be silent."""
 
 
+class ToolServer(_Strict):
+    """The order API the agent's `http` tools call (tests/standins/tools.py); `{tool_server}`
+    in the agent's overrides is its URL."""
+
+    faults: dict[str, Any] = Field(default_factory=dict)
+    """`Faults` fields, from the start."""
+
+
+class ToolRequest(_Strict):
+    path: str
+    body: Any = None
+
+
 class Expect(_Strict):
     ended: str
     transcripts: list[Expected]
+    tool_requests: list[ToolRequest] | None = None
+    """Exactly the requests the tool server received, in order."""
+    tool_events: list[dict[str, str]] | None = None
+    """The `tool_call` events' name and status, in order."""
     speech: bool = True
     """Every agent turn that says something is heard as speech (Silero finds it)."""
     barge_ins: list[BargeIn] = Field(default_factory=list)
@@ -153,6 +176,9 @@ class Scenario(_Strict):
     llm: list[Provider] = Field(default_factory=lambda: [Provider()], min_length=1)
     tts: list[Provider] = Field(default_factory=lambda: [Provider()], min_length=1)
     faults: list[Fault] = Field(default_factory=list)
+    tool_server: ToolServer | None = None
+    after: dict[str, Trigger] = Field(default_factory=dict)
+    """Utterances said after another event than their manifest's `after`."""
     hang_up: HangUp | None = None
     expect: Expect
     timeout: Annotated[float, Field(gt=0, le=120)] = 60.0
@@ -190,6 +216,7 @@ class Outcome:
     """Call times each utterance started and finished playing."""
     fault_times: list[float]
     """Call times at which faults were turned on."""
+    tool_server: ToolServerStandIn | None = None
 
 
 class ScenarioRunner:
@@ -236,9 +263,15 @@ class ScenarioRunner:
         return overrides
 
     async def run(self, scenario: Scenario, recording: Recording) -> Outcome:
-        async with self.stand_ins(scenario, recording) as stages:
-            agent = make_agent(**self.agent_config(scenario, stages))
+        async with (
+            self.stand_ins(scenario, recording) as stages,
+            ToolServerStandIn(api_key=TOOL_KEY) as tools,
+        ):
+            for name, value in (scenario.tool_server or ToolServer()).faults.items():
+                setattr(tools.faults, name, value)
+            agent = make_agent(**_with_url(self.agent_config(scenario, stages), tools.url))
             outcome = await self._call(scenario, recording, agent, stages)
+            outcome.tool_server = tools
             if scenario.expect.next_call:
                 for stage in stages.values():
                     for server in stage.servers:
@@ -250,7 +283,8 @@ class ScenarioRunner:
         self, scenario: Scenario, recording: Recording, agent: Any, stages: dict[str, Stage]
     ) -> Outcome:
         providers = build_providers(agent, self.keys)
-        call = CallHarness(agent, vad_model=self.vad_model, providers=providers)
+        env = {**self.keys, "ACME_API_KEY": TOOL_KEY}
+        call = CallHarness(agent, vad_model=self.vad_model, providers=providers, env=env)
         played: dict[str, tuple[float, float]] = {}
         fault_times: list[float] = []
         async with call:
@@ -259,7 +293,9 @@ class ScenarioRunner:
                     _apply(fault, stages)
                     fault_times.append(0.0)
             tasks = [
-                asyncio.create_task(self._say(call, recording, uid, played))
+                asyncio.create_task(
+                    self._say(call, recording, uid, played, scenario.after.get(uid))
+                )
                 for uid in recording.utterances
             ]
             tasks += [
@@ -285,9 +321,10 @@ class ScenarioRunner:
         recording: Recording,
         uid: str,
         played: dict[str, tuple[float, float]],
+        trigger: Trigger | None,
     ) -> None:
         utterance = recording.utterances[uid]
-        trigger = Trigger.model_validate(utterance["after"])
+        trigger = trigger or Trigger.model_validate(utterance["after"])
         await call.wait_nth(trigger.matches, trigger.nth, timeout=120)
         await asyncio.sleep(float(utterance.get("delay", 0.0)))
         start = call.now()
@@ -319,6 +356,17 @@ class ScenarioRunner:
             )
             assert greeting["text"] == agent.greeting
             assert call.agent_rms(0, call.now()) > LOUD, "the next call's greeting was heard"
+
+
+def _with_url(value: Any, url: str) -> Any:
+    """`value` with `{tool_server}` in its strings replaced by `url`."""
+    if isinstance(value, str):
+        return value.replace("{tool_server}", url)
+    if isinstance(value, dict):
+        return {k: _with_url(v, url) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_url(v, url) for v in value]
+    return value
 
 
 def _apply(fault: Fault, stages: dict[str, Stage]) -> None:
@@ -371,6 +419,13 @@ async def check(
         assert len(accepted) == count, [r.outcome for r in accepted]
     if expect.apology_within is not None:
         _check_apology(outcome, expect.apology_within)
+    if expect.tool_requests is not None:
+        assert outcome.tool_server is not None
+        got_requests = [(r.path, r.body) for r in outcome.tool_server.of_kind("request")]
+        assert got_requests == [(r.path, r.body) for r in expect.tool_requests], got_requests
+    if expect.tool_events is not None:
+        got_events = [{"name": e["name"], "status": e["status"]} for e in call.of_type("tool_call")]
+        assert got_events == expect.tool_events, got_events
 
 
 def _check_transcript(

@@ -143,8 +143,9 @@ def _offered_tools(body: dict[str, Any]) -> set[str]:
 class Script:
     """Deterministic replies: the first rule whose regex matches the caller's last message
     (case-insensitive) gives the reply, else `default`. After a tool result the model says
-    `after_tool` (nothing by default). A tool call goes out only when the request offers that
-    tool, as a real model cannot call a tool it was not given."""
+    `after_tool` (nothing by default), where `{result}` is the tool's result as it was sent. A
+    tool call goes out only when the request offers that tool, as a real model cannot call a
+    tool it was not given."""
 
     def __init__(
         self,
@@ -160,7 +161,10 @@ class Script:
     async def __call__(self, body: dict[str, Any]) -> Reply:
         messages: list[dict[str, Any]] = body.get("messages") or []
         if messages and messages[-1].get("role") == "tool":
-            reply = self.after_tool
+            result = _text_of(messages[-1].get("content"))
+            reply = [
+                p.replace("{result}", result) if isinstance(p, str) else p for p in self.after_tool
+            ]
         else:
             said = next(
                 (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 from livekit.agents import RunContext, StopResponse, ToolError, function_tool, llm
+from livekit.agents.voice.speech_handle import SpeechHandle
 
 from worker.config import AgentConfig
 
@@ -58,6 +60,8 @@ class CallHooks:
     send_dtmf: Callable[[str], Awaitable[None]]
     report: Callable[[str, ToolStatus, float | None], None]
     """A tool call's name, status and (once over) seconds, for the client event."""
+    say_aside: Callable[[str], SpeechHandle]
+    """Say a line the caller hears (and the client sees) but the LLM's history does not hold."""
     filler: str
 
 
@@ -67,7 +71,10 @@ async def prompt_tools(agent: AgentConfig) -> list[llm.Tool]:
     async def refuse(_: str) -> None:
         raise ToolFailedError("not in a call")
 
-    hooks = CallHooks(lambda: None, refuse, refuse, lambda *_: None, filler="")
+    def no_speech(_: str) -> SpeechHandle:
+        raise ToolFailedError("not in a call")
+
+    hooks = CallHooks(lambda: None, refuse, refuse, lambda *_: None, no_speech, filler="")
     return await CallTools(agent, {}, hooks).build(connect=False)
 
 
@@ -135,7 +142,10 @@ class CallTools:
                     )
                     raise ToolFailedError(f"invalid arguments: {where}: {error.message}"[:300])
                 if filler:
-                    async with context.with_filler(self._hooks.filler, delay=delay):
+                    # kept out of the history: between a tool's call and its result it would
+                    # read to the LLM as the answer already given
+                    line = functools.partial(_aside, self._hooks.say_aside, self._hooks.filler)
+                    async with context.with_filler(line, delay=delay):
                         result = await run(raw_arguments, context)
                 else:
                     result = await run(raw_arguments, context)
@@ -251,6 +261,10 @@ class CallTools:
 
 
 _NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def _aside(say: Callable[[str], SpeechHandle], line: str, _step: int) -> SpeechHandle:
+    return say(line)
 
 
 def _mcp_call(tool: Any) -> Run:
