@@ -1,9 +1,9 @@
 """`python -m worker`, unchanged, plus a probe of its main process for the soak tests.
 
 Once the server has started, the main process's loop rewrites `SOAK_PROBE_FILE` (JSON) every
-`INTERVAL` seconds: RSS, open file descriptors, threads, asyncio tasks, child processes and
-active jobs. Test-only: the product never imports it. Import-safe, like `worker/__main__.py`
-(LiveKit's job processes re-import the main module).
+`INTERVAL` seconds: RSS, open file descriptors, threads (executor pool threads apart), asyncio
+tasks, child processes and active jobs. Test-only: the product never imports it. Import-safe,
+like `worker/__main__.py` (LiveKit's job processes re-import the main module).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from pathlib import Path
 
 import psutil
@@ -18,13 +19,20 @@ import psutil
 INTERVAL = 0.5
 
 
+POOL_PREFIXES = ("asyncio_", "ThreadPoolExecutor")
+"""Executor threads: a pool starts them on demand (the loop's own for `getaddrinfo`) and keeps
+them idle, up to its limit; a count that grows by one is the pool, not a leak."""
+
+
 def snapshot(active_jobs: int) -> dict[str, float]:
     me = psutil.Process()
+    pool = sum(t.name.startswith(POOL_PREFIXES) for t in threading.enumerate())
     return {
         "time": asyncio.get_running_loop().time(),
         "rss_mb": me.memory_info().rss / 2**20,
         "fds": me.num_fds(),
-        "threads": me.num_threads(),
+        "threads": me.num_threads() - pool,
+        "pool_threads": pool,
         "tasks": len(asyncio.all_tasks()),
         "children": len(me.children(recursive=True)),
         "active_jobs": active_jobs,

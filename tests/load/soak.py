@@ -95,7 +95,7 @@ class SoakReport:
             "rss_growth_pct": round(100 * self.rss_growth, 2),
             "at_rest": {
                 key: [self.warm[key], self.end[key]]
-                for key in ("fds", "threads", "tasks", "children")
+                for key in ("fds", "threads", "pool_threads", "tasks", "children")
             },
         }
 

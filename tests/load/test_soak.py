@@ -17,6 +17,8 @@ pytestmark = pytest.mark.timeout(600)
 SECONDS = 150
 RSS_GROWTH = 0.05
 """The issue's bound on the main process's RSS growth after warm-up."""
+POOL_LIMIT = 32
+"""The largest pool Python starts by default (`ThreadPoolExecutor`: min(32, cores + 4))."""
 
 
 async def test_calls_cycling_through_one_worker_lose_nothing_and_leak_nothing(
@@ -40,5 +42,6 @@ async def test_calls_cycling_through_one_worker_lose_nothing_and_leak_nothing(
     # at rest, the same idle processes, and nothing left open or running from the calls
     assert end["children"] == warm["children"]
     assert end["threads"] <= warm["threads"]
+    assert end["pool_threads"] <= POOL_LIMIT, "executor threads beyond any pool's size"
     assert end["fds"] <= warm["fds"], "file descriptors leaked"
     assert end["tasks"] <= warm["tasks"], "asyncio tasks leaked"

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tests.harness import CallHarness, Event, Recording, check_call_events, make_agent, wer
 from tests.standins.base import Faults, StandIn
 from tests.standins.elevenlabs import ElevenLabsStandIn
+from tests.standins.mcp import McpStandIn
 from tests.standins.openai import OpenAIStandIn
 from tests.standins.tools import ToolServerStandIn
 from worker.providers import build_providers
@@ -145,6 +146,10 @@ class Expect(_Strict):
     """Exactly the requests the tool server received, in order."""
     tool_events: list[dict[str, str]] | None = None
     """The `tool_call` events' name and status, in order."""
+    offered_tools: list[str] | None = None
+    """The tools every LLM request offered, by name."""
+    mcp_calls: list[tuple[str, dict[str, Any]]] | None = None
+    """Exactly the calls the MCP server received."""
     speech: bool = True
     """Every agent turn that says something is heard as speech (Silero finds it)."""
     barge_ins: list[BargeIn] = Field(default_factory=list)
@@ -217,6 +222,7 @@ class Outcome:
     fault_times: list[float]
     """Call times at which faults were turned on."""
     tool_server: ToolServerStandIn | None = None
+    mcp_server: McpStandIn | None = None
 
 
 class ScenarioRunner:
@@ -266,12 +272,17 @@ class ScenarioRunner:
         async with (
             self.stand_ins(scenario, recording) as stages,
             ToolServerStandIn(api_key=TOOL_KEY) as tools,
+            McpStandIn() as crm,
         ):
             for name, value in (scenario.tool_server or ToolServer()).faults.items():
                 setattr(tools.faults, name, value)
-            agent = make_agent(**_with_url(self.agent_config(scenario, stages), tools.url))
+            overrides = _with_urls(
+                self.agent_config(scenario, stages),
+                {"tool_server": tools.url, "mcp_server": crm.url},
+            )
+            agent = make_agent(**overrides)
             outcome = await self._call(scenario, recording, agent, stages)
-            outcome.tool_server = tools
+            outcome.tool_server, outcome.mcp_server = tools, crm
             if scenario.expect.next_call:
                 for stage in stages.values():
                     for server in stage.servers:
@@ -358,14 +369,16 @@ class ScenarioRunner:
             assert call.agent_rms(0, call.now()) > LOUD, "the next call's greeting was heard"
 
 
-def _with_url(value: Any, url: str) -> Any:
-    """`value` with `{tool_server}` in its strings replaced by `url`."""
+def _with_urls(value: Any, urls: dict[str, str]) -> Any:
+    """`value` with `{tool_server}` and `{mcp_server}` in its strings replaced by their URLs."""
     if isinstance(value, str):
-        return value.replace("{tool_server}", url)
+        for name, url in urls.items():
+            value = value.replace(f"{{{name}}}", url)
+        return value
     if isinstance(value, dict):
-        return {k: _with_url(v, url) for k, v in value.items()}
+        return {k: _with_urls(v, urls) for k, v in value.items()}
     if isinstance(value, list):
-        return [_with_url(v, url) for v in value]
+        return [_with_urls(v, urls) for v in value]
     return value
 
 
@@ -423,6 +436,13 @@ async def check(
         assert outcome.tool_server is not None
         got_requests = [(r.path, r.body) for r in outcome.tool_server.of_kind("request")]
         assert got_requests == [(r.path, r.body) for r in expect.tool_requests], got_requests
+    if expect.offered_tools is not None:
+        for completion in outcome.stages["llm"].servers[0].completions:  # type: ignore[attr-defined]
+            offered = [t["function"]["name"] for t in completion.request.body.get("tools", [])]
+            assert offered == expect.offered_tools, offered
+    if expect.mcp_calls is not None:
+        assert outcome.mcp_server is not None
+        assert outcome.mcp_server.calls == [tuple(c) for c in expect.mcp_calls]
     if expect.tool_events is not None:
         got_events = [{"name": e["name"], "status": e["status"]} for e in call.of_type("tool_call")]
         assert got_events == expect.tool_events, got_events

@@ -187,6 +187,7 @@ class CallTools:
             headers={k: fill_secrets(v, self._env) for k, v in spec.headers.items()},
             timeout=spec.timeout,
             client_session_timeout_seconds=spec.timeout,
+            tool_result_resolver=_mcp_text,
         )
         self._servers.append(server)
         try:
@@ -265,6 +266,14 @@ _NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 
 def _aside(say: Callable[[str], SpeechHandle], line: str, _step: int) -> SpeechHandle:
     return say(line)
+
+
+def _mcp_text(context: Any) -> str:
+    """An MCP result as the LLM reads it: its text parts (LiveKit's default is their JSON)."""
+    texts = [
+        part.text for part in context.result.content if isinstance(getattr(part, "text", None), str)
+    ]
+    return "\n".join(texts) or "done"
 
 
 def _mcp_call(tool: Any) -> Run:
