@@ -104,13 +104,17 @@ class CallTransport(ABC):
     async def close(self, reason: EndReason | None) -> None:
         """Release the transport (leave the room, close files). Called once, last."""
 
-    async def transfer(self, to: str) -> None:  # noqa: ARG002  (a transport without lines)
-        """Hand the caller to `to` (a number or SIP URI); `ToolFailedError` when impossible."""
-        raise ToolFailedError(f"a {self.label} call has no phone line to transfer")
+    def check_phone_line(self) -> None:
+        """Raises `ToolFailedError` unless the caller is on a phone line (transfer, keys)."""
+        raise ToolFailedError(f"a {self.label} call has no phone line")
 
-    async def send_dtmf(self, digits: str) -> None:  # noqa: ARG002
-        """Press `digits` on the call's keypad; `ToolFailedError` when impossible."""
-        raise ToolFailedError(f"a {self.label} call has no phone line to send keys on")
+    async def transfer(self, to: str) -> None:
+        """Hand the caller to `to` (a number or SIP URI); `ToolFailedError` when it fails."""
+        raise NotImplementedError(f"{self.label} transfers to {to}")
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Press `digits` on the call's keypad; `ToolFailedError` when it fails."""
+        raise NotImplementedError(f"{self.label} sends {digits}")
 
 
 @dataclass
@@ -386,12 +390,17 @@ class Call(CallListener):
     def tool_hooks(self) -> CallHooks:
         return CallHooks(
             end_call=lambda: self.request_end(EndReason.AGENT_ENDED, detail="end_call tool"),
+            check_transfer=self.transport.check_phone_line,
             transfer=self._transfer,
-            send_dtmf=self.transport.send_dtmf,
+            send_dtmf=self._send_dtmf,
             report=self._report_tool,
             say_aside=self._say_aside,
             filler=self.lines["tool_filler"],
         )
+
+    async def _send_dtmf(self, digits: str) -> None:
+        self.transport.check_phone_line()
+        await self.transport.send_dtmf(digits)
 
     def _say_aside(self, line: str) -> SpeechHandle:
         handle = self.session.say(line, add_to_chat_ctx=False)
@@ -401,6 +410,8 @@ class Call(CallListener):
     async def _transfer(self, to: str) -> None:
         """Hand the caller over; the call ends `transferred` (a caller leaving the room meanwhile
         is the transfer taking them, not a hang-up)."""
+        await asyncio.sleep(0)  # the line's transcript is queued as its speech ends
+        await self._outbox.sent(FLUSH_TIMEOUT)  # what the caller has heard, they also see
         self._transferring = True
         try:
             await self.transport.transfer(to)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,9 @@ class Outbox:
         self._queue: collections.deque[bytes] = collections.deque()
         self._interim: str | None = None
         self._ready = asyncio.Event()
+        self._sent = asyncio.Event()
+        """Set while everything queued has been sent."""
+        self._sent.set()
         self._closed = False
         self.coalesced = 0
         """Interims replaced by a newer one before they were sent."""
@@ -56,6 +60,7 @@ class Outbox:
             self._queue.extend(self._encoder.transcript("user", self._interim, final=False))
             self._interim = None
         self._queue.extend(event(self._encoder))
+        self._sent.clear()
         self._ready.set()
 
     def interim(self, text: str) -> None:
@@ -66,6 +71,12 @@ class Outbox:
             self.coalesced += 1
         self._interim = text[-INTERIM_MAX_CHARS:]
         self._ready.set()
+
+    async def sent(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, until every event queued so far has left (before
+        the caller is handed elsewhere and can receive no more)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sent.wait(), timeout)
 
     def close(self) -> None:
         """Nothing more is accepted; `run` returns once what was accepted is sent."""
@@ -93,6 +104,7 @@ class Outbox:
                 except Exception as exc:
                     delivered = False
                     self._log.warning("could not send event to the caller: %s", exc)
+            self._sent.set()
             if self._closed:
                 if delivered and self._ledger is not None:
                     self._ledger.done()  # the last packet, `call_ended`, went out

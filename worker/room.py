@@ -11,13 +11,14 @@ import asyncio
 import logging
 from typing import Any
 
-from livekit import rtc
+from livekit import api, rtc
 from livekit.agents import AgentSession, AutoSubscribe, JobContext, room_io
 
 from .agent import VoiceAgent
 from .call import Caller, CallTransport
 from .protocol import TOPIC, EndReason
 from .providers import OUTPUT_SAMPLE_RATE
+from .tools.failure import ToolFailedError
 
 logger = logging.getLogger("worker.room")
 
@@ -29,6 +30,10 @@ LINGER = 0.25
 """Seconds between the last event and leaving, so the reliable channel can deliver it."""
 
 MAX_BITRATE = 32_000
+DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
+"""RFC 4733's event codes of the keypad."""
+DTMF_GAP = 0.25
+"""Seconds between two key presses: what an IVR expects of a person pressing keys."""
 
 
 def agent_track_options() -> rtc.TrackPublishOptions:
@@ -119,6 +124,41 @@ class RoomTransport(CallTransport):
 
     async def send(self, packet: bytes) -> None:
         await self._ctx.room.local_participant.publish_data(packet, reliable=True, topic=TOPIC)
+
+    async def transfer(self, to: str) -> None:
+        """LiveKit's `TransferSIPParticipant`: the phone system moves the caller to `to` (a SIP
+        REFER), and they leave the room."""
+        identity = self._phone_caller()
+        await asyncio.sleep(LINGER)  # the end of the line still in flight to the caller
+        request = api.TransferSIPParticipantRequest(
+            room_name=self._ctx.room.name, participant_identity=identity, transfer_to=to
+        )
+        try:
+            response = await self._ctx.api.sip.transfer_sip_participant(request)
+        except Exception as exc:  # the server's text can name the number: type only
+            logger.warning("the transfer of %r was refused: %s", identity, type(exc).__name__)
+            raise ToolFailedError("the phone system refused the transfer") from None
+        if response.status == api.SIPTransferStatus.STS_TRANSFER_FAILED:
+            logger.warning("the transfer of %r failed (SIP %s)", identity, response.sip_status)
+            raise ToolFailedError("the transfer did not go through")
+
+    async def send_dtmf(self, digits: str) -> None:
+        for i, digit in enumerate(digits):
+            if i:
+                await asyncio.sleep(DTMF_GAP)
+            await self._ctx.room.local_participant.publish_dtmf(code=DTMF_CODES[digit], digit=digit)
+
+    def check_phone_line(self) -> None:
+        self._phone_caller()
+
+    def _phone_caller(self) -> str:
+        """The caller's identity, when they are on a phone line (a SIP participant)."""
+        caller, participant = self._caller, None
+        if caller is not None and not self._ctx.is_fake_job():
+            participant = self._ctx.room.remote_participants.get(caller.identity)
+        if participant is None or participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
+            raise ToolFailedError("the caller is not on a phone line (not a SIP participant)")
+        return participant.identity
 
     async def close(self, reason: EndReason | None) -> None:
         if self._ctx.room.isconnected():

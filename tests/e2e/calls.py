@@ -261,6 +261,10 @@ class Caller:
         self.arrivals: list[float] = []
         """When each of `events` arrived (monotonic time)."""
         self.agent_left_at: float | None = None
+        self.removed = asyncio.Event()
+        """The server took the caller out of the room (a transfer does)."""
+        self.keys: list[str] = []
+        """DTMF digits the agent pressed, in order."""
         self.levels: list[tuple[float, float]] = []
         """(monotonic time, RMS) of each 10 ms frame of the agent's audio."""
         self._source = rtc.AudioSource(RATE, 1)
@@ -269,6 +273,8 @@ class Caller:
         self.room.on("data_received", self._on_data)
         self.room.on("track_subscribed", self._on_track)
         self.room.on("participant_disconnected", self._on_participant_disconnected)
+        self.room.on("sip_dtmf_received", lambda dtmf: self.keys.append(dtmf.digit))
+        self.room.on("disconnected", lambda _: self.removed.set())
 
     async def join(self) -> None:
         async with asyncio.timeout(JOIN_S):
@@ -396,12 +402,16 @@ def _is_agent(participant: rtc.RemoteParticipant) -> bool:
 
 @asynccontextmanager
 async def call(
-    lk: LiveKitFixture, room: str | None = None, identity: str = "user1"
+    lk: LiveKitFixture,
+    room: str | None = None,
+    identity: str = "user1",
+    kind: api.AccessToken.ParticipantKind = "standard",
 ) -> AsyncIterator[Caller]:
-    """A dispatched room with the caller in it; the caller leaves at the end."""
+    """A dispatched room with the caller in it (`kind: sip`: a phone caller, as LiveKit's SIP
+    service joins them); the caller leaves at the end."""
     room = room or room_name(identity)
     await dispatch(lk, room)
-    caller = Caller(lk.url, lk.token(identity, room, can_publish_data=True))
+    caller = Caller(lk.url, lk.token(identity, room, kind=kind, can_publish_data=True))
     try:
         await caller.join()
         yield caller

@@ -40,10 +40,14 @@ def _in_test_namespace() -> None:
 class LiveKitFixture:
     """A running test server, with what a test needs to reach it."""
 
-    def __init__(self, server: LiveKitTestServer, workers: WorkerService) -> None:
+    def __init__(
+        self, server: LiveKitTestServer, workers: WorkerService, twirp: TwirpService
+    ) -> None:
         self.server = server
         self.workers = workers
         """The worker registry: registered workers, jobs, dispatches (`wait_until` to wait)."""
+        self.twirp = twirp
+        """The server API: what it was asked (SIP transfers)."""
         self._apis: list[api.LiveKitAPI] = []
 
     @property
@@ -96,9 +100,9 @@ async def running_server() -> AsyncIterator[LiveKitFixture]:
     # livekit.yaml's port: free inside the test namespace, and the file developers use is exercised
     server = LiveKitTestServer(config.api_key, config.api_secret, host=ADDRESS, port=config.port)
     workers = WorkerService(server)
-    TwirpService(server, workers)
+    twirp = TwirpService(server, workers)
     async with server:
-        fixture = LiveKitFixture(server, workers)
+        fixture = LiveKitFixture(server, workers, twirp)
         try:
             yield fixture
         finally:

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from livekit.protocol import agent_dispatch as proto_dispatch
 from livekit.protocol import models as proto_models
 from livekit.protocol import room as proto_room
+from livekit.protocol import sip as proto_sip
 
 from tests.lkserver.auth import AuthError, Grant
 from tests.lkserver.server import LiveKitTestServer
@@ -35,6 +36,7 @@ _STATUS = {
     "bad_route": 404,
     "not_found": 404,
     "already_exists": 409,
+    "failed_precondition": 412,
 }
 """Twirp error codes and their HTTP statuses (the spec's table, the codes used here)."""
 
@@ -59,6 +61,9 @@ class _Method(Generic[Req]):
     room_scoped: bool
     """The grant must name the request's `room` (livekit-server's rule for room_admin)."""
     handler: Callable[[Req], Awaitable[Message]]
+    room_field: str = "room"
+    sip_call: bool = False
+    """The token must also hold the SIP `call` grant."""
 
 
 class TwirpService:
@@ -69,7 +74,17 @@ class TwirpService:
         self._workers = workers
         room_service = "livekit.RoomService"
         dispatch_service = "livekit.AgentDispatchService"
+        self.transfers: list[proto_sip.TransferSIPParticipantRequest] = []
+        """Every `SIP.TransferSIPParticipant` request that succeeded, in order."""
         self._methods: dict[tuple[str, str], _Method[Any]] = {
+            ("livekit.SIP", "TransferSIPParticipant"): _Method(
+                proto_sip.TransferSIPParticipantRequest,
+                "room_admin",
+                True,
+                self._transfer_sip_participant,
+                room_field="room_name",
+                sip_call=True,
+            ),
             (room_service, "CreateRoom"): _Method(
                 proto_room.CreateRoomRequest, "room_create", False, self._create_room
             ),
@@ -140,8 +155,12 @@ class TwirpService:
                 json_format.Parse(body or b"{}", message)
         except (DecodeError, json_format.ParseError) as e:
             raise TwirpError("malformed", f"could not decode the request: {e}") from None
-        room = getattr(message, "room", "") if method.room_scoped else None
+        room = getattr(message, method.room_field, "") if method.room_scoped else None
         self._check(request, method.grant, room)
+        if method.sip_call:
+            claims = self._server.auth.verify_request(request)
+            if claims.sip is None or not claims.sip.call:
+                raise TwirpError("permission_denied", "token lacks the sip call grant")
         result = await method.handler(message)
         if content_type == PROTOBUF:
             return web.Response(body=result.SerializeToString(), content_type=PROTOBUF)
@@ -150,6 +169,25 @@ class TwirpService:
             result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
         return web.Response(text=json.dumps(fields), content_type=JSON)
+
+    # SIP
+
+    async def _transfer_sip_participant(
+        self, req: proto_sip.TransferSIPParticipantRequest
+    ) -> Message:
+        """livekit-server's checks, then the transfer as a phone system completes it: the SIP
+        participant leaves the room for the number it was sent to."""
+        room = self._server.rooms.get(req.room_name)
+        participant = room.participants.get(req.participant_identity) if room else None
+        if participant is None:
+            raise TwirpError("not_found", f"participant {req.participant_identity!r} not found")
+        if participant.kind != proto_models.ParticipantInfo.Kind.SIP:
+            raise TwirpError("failed_precondition", "participant is not a SIP participant")
+        if not req.transfer_to:
+            raise TwirpError("invalid_argument", "missing transfer_to")
+        self.transfers.append(req)
+        await self._server.remove_participant(req.room_name, req.participant_identity)
+        return proto_sip.TransferSIPParticipantResponse(status=proto_sip.STS_TRANSFER_SUCCESSFUL)
 
     # RoomService
 

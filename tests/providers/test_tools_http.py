@@ -139,6 +139,7 @@ async def test_arguments_are_checked_before_any_request(backend: ToolServerStand
     events: list[tuple[str, str]] = []
     hooks = CallHooks(
         end_call=lambda: None,
+        check_transfer=lambda: None,
         transfer=_never,
         send_dtmf=_never,
         report=lambda name, status, _: events.append((name, status)),

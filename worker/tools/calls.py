@@ -55,8 +55,10 @@ class CallHooks:
 
     end_call: Callable[[], None]
     """End the call once the current reply has played (`agent_ended`)."""
+    check_transfer: Callable[[], None]
+    """Raises `ToolFailedError` when the call cannot be transferred (no phone line)."""
     transfer: Callable[[str], Awaitable[None]]
-    """Hand the caller to `to`; raises `ToolFailedError` when the call cannot be transferred."""
+    """Hand the caller to `to`; raises `ToolFailedError` when the transfer fails."""
     send_dtmf: Callable[[str], Awaitable[None]]
     report: Callable[[str, ToolStatus, float | None], None]
     """A tool call's name, status and (once over) seconds, for the client event."""
@@ -74,7 +76,10 @@ async def prompt_tools(agent: AgentConfig) -> list[llm.Tool]:
     def no_speech(_: str) -> SpeechHandle:
         raise ToolFailedError("not in a call")
 
-    hooks = CallHooks(lambda: None, refuse, refuse, lambda *_: None, no_speech, filler="")
+    def no_line() -> None:
+        raise ToolFailedError("not in a call")
+
+    hooks = CallHooks(lambda: None, no_line, refuse, refuse, lambda *_: None, no_speech, filler="")
     return await CallTools(agent, {}, hooks).build(connect=False)
 
 
@@ -229,9 +234,10 @@ class CallTools:
         hooks = self._hooks
 
         async def transfer(_: Arguments, context: RunContext[Any]) -> str:
+            hooks.check_transfer()  # before the line: a call without a phone line says nothing
             await context.wait_for_playout()  # what the LLM said with the call plays first
             if spec.line:
-                await context.session.say(spec.line, allow_interruptions=False)
+                await hooks.say_aside(spec.line)
             await hooks.transfer(spec.to)
             raise StopResponse()  # the caller is with a person now: nothing more to say
 
