@@ -307,6 +307,10 @@ def simulate(
         except UntrustedJSONError as exc:
             fail(f"--metadata must be a JSON object ({exc})")
     one_agent = AgentRegistry([config])
+    from .logs import install_redaction
+    from .tools.check import secret_values
+
+    install_redaction(extra=secret_values(one_agent, os.environ))  # the tools' secrets too
     with local_models(one_agent) as llm_url, events_only_stdout() as stdout:
         runtime = _load_runtime(one_agent, settings, llm_url)
         sink = events_out.open("w", encoding="utf-8") if events_out else None

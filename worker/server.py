@@ -29,6 +29,7 @@ from .providers import build_providers
 from .room import RoomTransport
 from .routing import RoomName, RoutingError, parse_room
 from .settings import WorkerSettings
+from .tools.check import secret_values
 
 logger = logging.getLogger("worker")
 
@@ -82,7 +83,7 @@ class VoiceWorker:
     def prewarm(self, proc: JobProcess) -> None:
         """Once per process, before any job: the log guard, the VAD and the local models the
         agents use (none, with cloud providers only)."""
-        install_redaction()
+        install_redaction(extra=secret_values(self.registry, os.environ))
         proc.userdata["local"] = LocalRuntime.load(
             self.registry, vad_model=load_vad(self.settings.vad), llm_url=self.local_llm_url
         )

@@ -71,6 +71,7 @@ async def simulate_call(
         providers=build_providers(agent, env, runtime),
         metadata=metadata,
         turn_runner=runtime.turn_runner,
+        env=env,
     )
     async with http_context.open():  # the cloud plugins' HTTP session, as a job would have
         result = await run_call(setup, transport)

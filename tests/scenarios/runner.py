@@ -234,10 +234,13 @@ class ScenarioRunner:
         vad_model: vad.VAD,
         make_stand_in: Callable[[str, Provider, Recording, str], StandIn],
         keys: dict[str, str] | None = None,
+        tool_key: str = TOOL_KEY,
     ) -> None:
         self.vad_model = vad_model
         self.make_stand_in = make_stand_in
         self.keys = keys or KEYS
+        self.tool_key = tool_key
+        """`${ACME_API_KEY}`: what the order API expects, and the call's environment holds."""
 
     @contextlib.asynccontextmanager
     async def stand_ins(
@@ -271,7 +274,7 @@ class ScenarioRunner:
     async def run(self, scenario: Scenario, recording: Recording) -> Outcome:
         async with (
             self.stand_ins(scenario, recording) as stages,
-            ToolServerStandIn(api_key=TOOL_KEY) as tools,
+            ToolServerStandIn(api_key=self.tool_key) as tools,
             McpStandIn() as crm,
         ):
             for name, value in (scenario.tool_server or ToolServer()).faults.items():
@@ -294,7 +297,7 @@ class ScenarioRunner:
         self, scenario: Scenario, recording: Recording, agent: Any, stages: dict[str, Stage]
     ) -> Outcome:
         providers = build_providers(agent, self.keys)
-        env = {**self.keys, "ACME_API_KEY": TOOL_KEY}
+        env = {**self.keys, "ACME_API_KEY": self.tool_key}
         call = CallHarness(agent, vad_model=self.vad_model, providers=providers, env=env)
         played: dict[str, tuple[float, float]] = {}
         fault_times: list[float] = []
@@ -437,7 +440,9 @@ async def check(
         got_requests = [(r.path, r.body) for r in outcome.tool_server.of_kind("request")]
         assert got_requests == [(r.path, r.body) for r in expect.tool_requests], got_requests
     if expect.offered_tools is not None:
-        for completion in outcome.stages["llm"].servers[0].completions:  # type: ignore[attr-defined]
+        llm = outcome.stages["llm"].servers[0]
+        assert isinstance(llm, OpenAIStandIn)
+        for completion in llm.completions:
             offered = [t["function"]["name"] for t in completion.request.body.get("tools", [])]
             assert offered == expect.offered_tools, offered
     if expect.mcp_calls is not None:

@@ -1,4 +1,5 @@
-"""Provider keys never reach the caller or the logs, even when a provider rejects them."""
+"""Provider keys and the tools' secrets never reach the caller or the logs, even when a
+provider rejects them or a tool fails."""
 
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ from tests.scenarios.runner import (
     check,
 )
 from tests.standins.base import StandIn
+from tests.standins.openai import OpenAIStandIn
 from worker.logs import install_redaction
 
 KEYS = {
     "DEEPGRAM_API_KEY": "dg-4f9c2a7e81b3d6e0c5a9f1e2",
     "OPENAI_API_KEY": "sk-proj-8d2e6b1a9c4f7e03b5d1a6c9",
     "ELEVEN_API_KEY": "xi-5b8e1d4a7c2f9e06a3d8b1c4",
+    "ACME_API_KEY": "acme-live-3c7a9e1f5b2d8c4a6e0f",
 }
+"""The last is the tool scenarios' `${ACME_API_KEY}`: an order API's key in a tool's header."""
 
 
 @pytest.fixture
@@ -113,4 +117,33 @@ async def test_rejected_keys_stay_secret(
     rejected = [r for s in outcome.stages.values() for srv in s.servers for r in srv.received]
     assert any(r.outcome == "rejected" for r in rejected), "a provider rejected its key"
     assert "401" in worker_log.getvalue(), "the rejection was logged"
+    assert_no_key_anywhere(outcome, worker_log.getvalue(), capfd)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["tool_order_status", "tool_failing"])
+async def test_a_tools_secret_stays_secret(
+    runner: ScenarioRunner,
+    vad_model: vad.VAD,
+    worker_log: io.StringIO,
+    capfd: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    """The header's `${ACME_API_KEY}` reaches the order API, and nothing else: not the events,
+    not the logs (the tool's failure included), not the LLM."""
+    keys = {k: v for k, v in KEYS.items() if k != "ACME_API_KEY"}
+    keyed = ScenarioRunner(
+        vad_model=vad_model,
+        make_stand_in=runner.make_stand_in,
+        keys=keys,
+        tool_key=KEYS["ACME_API_KEY"],
+    )
+    outcome = await run_and_collect(keyed, name, vad_model, check_outcome=True)
+    assert outcome.tool_server is not None
+    sent = [r.headers.get("X-Api-Key") for r in outcome.tool_server.of_kind("request")]
+    assert sent == [KEYS["ACME_API_KEY"]], "the key was really used"
+    llm = outcome.stages["llm"].servers[0]
+    assert isinstance(llm, OpenAIStandIn)
+    prompts = json.dumps([c.request.body for c in llm.completions])
+    assert KEYS["ACME_API_KEY"] not in prompts, "the LLM never sees a tool's secret"
     assert_no_key_anywhere(outcome, worker_log.getvalue(), capfd)

@@ -29,6 +29,19 @@ def missing_secrets(registry: AgentRegistry, env: Mapping[str, str]) -> list[str
     return problems
 
 
+def secret_values(registry: AgentRegistry, env: Mapping[str, str]) -> list[str]:
+    """The values of every `${VAR}` the tools use, whatever its name: for the log redactor,
+    which otherwise knows secrets by their names (`*_KEY`, `*_TOKEN`...)."""
+    return [
+        env[var]
+        for agent in registry
+        for tool in agent.tools
+        if isinstance(tool, HttpTool | McpServer)
+        for _, var in secrets(tool.templates())
+        if env.get(var)
+    ]
+
+
 def unusable_functions(registry: AgentRegistry) -> list[str]:
     """`file: tools[i] (name): function: why`, for each `python` tool that cannot run."""
     problems = []
