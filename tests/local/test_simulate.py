@@ -117,6 +117,37 @@ def test_the_default_1_5b_model_holds_the_call(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_the_shipped_agents_tools_reach_the_1_5b_and_never_break_the_call(tmp_path: Path) -> None:
+    """The shipped agent's tools (order_status, transfer_call, end_call) on the bundled 1.5B,
+    with examples/order_api.py serving the tool's URL: whatever the model does with them (it
+    rarely calls one, see the README), the call holds, a tool it calls succeeds, and a transfer
+    it asks for is refused (no phone line) without a word of the transfer line."""
+    api = subprocess.Popen(  # the order API the shipped tool's URL names
+        [sys.executable, str(ROOT / "examples" / "order_api.py")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        events, _, stderr = simulate(
+            "multi_turn", tmp_path, "--log-level", "INFO", env={"WORKER_LOCAL_LLM": QWEN}
+        )
+    finally:
+        api.terminate()
+        api.wait(10)
+    check_call_events(events)
+    assert events[-1]["reason"] in ("agent_ended", "input_ended"), events[-1]
+    tools = [e for e in events if e["type"] == "tool_call"]
+    ended = {e["name"]: e["status"] for e in tools if e["status"] != "started"}
+    print("tool calls:", tools)  # what the model did, for the log
+    agent = " ".join(str(e["text"]) for e in said(events, "agent"))
+    if "order_status" in ended:  # its answer may be cut: this recording's caller talks on
+        assert ended["order_status"] == "succeeded", stderr[-2000:]
+    if "transfer_call" in ended:
+        assert ended["transfer_call"] == "failed"
+        assert "connect you with a colleague" not in agent, agent
+
+
+@pytest.mark.timeout(300)
 def test_a_noisy_recorded_call(tmp_path: Path) -> None:
     events, _, _ = simulate("support_call_noisy", tmp_path)
     check_call_events(events)
