@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from livekit.agents import ToolError
 from livekit.agents.llm import RawFunctionTool
+from livekit.agents.utils import http_context
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from tests.harness import make_agent
@@ -31,7 +32,8 @@ ORDER_SCHEMA = {
 
 @pytest.fixture
 async def backend() -> AsyncIterator[ToolServerStandIn]:
-    async with ToolServerStandIn(api_key=SECRET) as server:
+    """The order API, and the HTTP session a call's job gives its tools."""
+    async with ToolServerStandIn(api_key=SECRET) as server, http_context.open():
         yield server
 
 

@@ -4,7 +4,7 @@ tool and the field; secrets and Python functions are checked at start, not durin
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import yaml
 from tests.harness import agent_fields, make_agent
 from worker.config import AgentRegistry, ConfigError, load_agent_file
 from worker.providers import check_registry, resolve
+from worker.tools.check import secret_values
 from worker.tools.failure import ToolFailedError
 from worker.tools.python import PythonCall, load_function
 from worker.tools.spec import PythonTool
@@ -137,8 +138,13 @@ async def slow_lookup(order_number: str) -> str:
     return order_number
 
 
+LOOP_RAN = threading.Event()
+
+
 def blocking_lookup(order_number: str) -> str:
-    time.sleep(0.2)  # blocks its thread, never the event loop
+    """Blocks until the event loop has run something: on the loop itself it never would."""
+    if not LOOP_RAN.wait(10):
+        return "the event loop was blocked"
     return f"order {order_number}: shipped"
 
 
@@ -189,21 +195,26 @@ async def test_python_tools_run_with_their_timeout_and_off_the_event_loop() -> N
     result = await PythonCall(spec, load_function(spec))({"order_number": "427"})
     assert result == '{"order": "427", "status": "shipped", "verbose": "False"}'
 
-    spec = python_tool(f"{__name__}:blocking_lookup")
-    ticks = 0
+    spec = python_tool(f"{__name__}:blocking_lookup", timeout=15)
 
-    async def tick() -> None:
-        nonlocal ticks
-        for _ in range(10):
-            await asyncio.sleep(0.01)
-            ticks += 1
+    async def loop_runs() -> None:
+        await asyncio.sleep(0)
+        LOOP_RAN.set()
 
     result, _ = await asyncio.gather(
-        PythonCall(spec, load_function(spec))({"order_number": "1"}), tick()
+        PythonCall(spec, load_function(spec))({"order_number": "1"}), loop_runs()
     )
-    assert result == "order 1: shipped"
-    assert ticks == 10, "the loop ran while the function blocked"
+    assert result == "order 1: shipped", "the function ran in a thread while the loop went on"
 
     spec = python_tool(f"{__name__}:slow_lookup", timeout=0.1)
     with pytest.raises(ToolFailedError, match=r"did not finish within 0\.1 s"):
         await PythonCall(spec, load_function(spec))({"order_number": "1"})
+
+
+def test_a_tools_secret_is_redacted_whatever_its_name(tmp_path: Path) -> None:
+    """The log redactor knows secrets by their names (`*_KEY`...); a tool's `${VAR}` is one
+    whatever it is called."""
+    tool = {**HTTP, "headers": {"X-Crm": "${CRM_CREDENTIAL}"}}
+    registry = AgentRegistry([load_agent_file(agent_file(tmp_path, [tool]))])
+    env = {"CRM_CREDENTIAL": "crm-7d1f0a9e3b5c", "UNRELATED": "value-not-secret"}
+    assert secret_values(registry, env) == ["crm-7d1f0a9e3b5c"]

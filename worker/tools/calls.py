@@ -70,16 +70,11 @@ class CallHooks:
 async def prompt_tools(agent: AgentConfig) -> list[llm.Tool]:
     """The tools as a call shows them to the LLM (for reading its prompt ahead of calls)."""
 
-    async def refuse(_: str) -> None:
+    def not_in_a_call(*_: object) -> Any:
         raise ToolFailedError("not in a call")
 
-    def no_speech(_: str) -> SpeechHandle:
-        raise ToolFailedError("not in a call")
-
-    def no_line() -> None:
-        raise ToolFailedError("not in a call")
-
-    hooks = CallHooks(lambda: None, no_line, refuse, refuse, lambda *_: None, no_speech, filler="")
+    never = not_in_a_call  # the prompt only: no tool runs
+    hooks = CallHooks(never, never, never, never, never, never, filler="")
     return await CallTools(agent, {}, hooks).build(connect=False)
 
 
@@ -146,13 +141,13 @@ class CallTools:
                         "tool %s: invalid arguments at %s (%s)", name, where, error.validator
                     )
                     raise ToolFailedError(f"invalid arguments: {where}: {error.message}"[:300])
-                if filler:
-                    # kept out of the history: between a tool's call and its result it would
-                    # read to the LLM as the answer already given
-                    line = functools.partial(_aside, self._hooks.say_aside, self._hooks.filler)
-                    async with context.with_filler(line, delay=delay):
-                        result = await run(raw_arguments, context)
-                else:
+                # the filler is kept out of the history: between a tool's call and its result
+                # it would read to the LLM as the answer already given
+                line = functools.partial(_aside, self._hooks.say_aside, self._hooks.filler)
+                waiting = (
+                    context.with_filler(line, delay=delay) if filler else contextlib.nullcontext()
+                )
+                async with waiting:
                     result = await run(raw_arguments, context)
                 status = "succeeded"
                 if len(result) > max_chars:
