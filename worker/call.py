@@ -159,6 +159,8 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     session = build_session(setup.agent, setup.providers, setup.vad, turns.turn_detection)
     turns.attach(session)
     setup.providers.tts.prewarm()  # connect to the TTS while the caller is still joining
+    tools = CallTools(setup.agent, setup.env)
+    building = asyncio.create_task(tools.build())  # and to the MCP servers
 
     try:
         caller = await transport.wait_for_caller(setup.agent.limits.join_timeout)
@@ -174,6 +176,9 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     if caller is None:
         if setup.ledger is not None:
             setup.ledger.done()  # nobody to tell
+        building.cancel()
+        await asyncio.gather(building, return_exceptions=True)
+        await tools.aclose()
         await _close_providers(setup.providers)
         await transport.close(None)
         return None
@@ -192,14 +197,14 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         lines=lines,
         turns=turns,
     )
-    tools = CallTools(setup.agent, setup.env, call.tool_hooks())
+    tools.hooks = call.tool_hooks()
     call.tools = tools
     try:
         agent = VoiceAgent(
             instructions=setup.agent.render(setup.agent.instructions, values),
             greeting=setup.agent.render(setup.agent.greeting, values),
             greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
-            tools=await tools.build(),
+            tools=await building,
             tool_error=lines["tool_error"],
             max_history=setup.agent.llm[0].max_history,
             warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),

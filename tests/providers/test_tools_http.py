@@ -148,7 +148,9 @@ async def test_arguments_are_checked_before_any_request(backend: ToolServerStand
         say_aside=_never_said,
         filler="One moment.",
     )
-    (tool,) = await CallTools(agent, ENV, hooks).build()
+    tools = CallTools(agent, ENV)
+    tools.hooks = hooks
+    (tool,) = await tools.build()
     assert isinstance(tool, RawFunctionTool)
     with pytest.raises(ToolError, match="invalid arguments: order_number"):
         await tool(raw_arguments={"order_number": "4; DROP TABLE"}, context=None)

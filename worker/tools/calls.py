@@ -69,22 +69,18 @@ class CallHooks:
 
 async def prompt_tools(agent: AgentConfig) -> list[llm.Tool]:
     """The tools as a call shows them to the LLM (for reading its prompt ahead of calls)."""
-
-    def not_in_a_call(*_: object) -> Any:
-        raise ToolFailedError("not in a call")
-
-    never = not_in_a_call  # the prompt only: no tool runs
-    hooks = CallHooks(never, never, never, never, never, never, filler="")
-    return await CallTools(agent, {}, hooks).build(connect=False)
+    return await CallTools(agent, {}).build(connect=False)
 
 
 class CallTools:
     """The LiveKit tools of one call; `aclose` disconnects its MCP servers."""
 
-    def __init__(self, agent: AgentConfig, env: Mapping[str, str], hooks: CallHooks) -> None:
+    def __init__(self, agent: AgentConfig, env: Mapping[str, str]) -> None:
         self._agent = agent
         self._env = env
-        self._hooks = hooks
+        self.hooks: CallHooks | None = None
+        """Set once the call exists: the tools are built (MCP servers connected) while the
+        caller is still joining, and only run later."""
         self._servers: list[Any] = []
         self.running = 0
         """Tool calls in progress (the idle timer waits while any is)."""
@@ -112,6 +108,11 @@ class CallTools:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.aclose()
+
+    @property
+    def _hooks(self) -> CallHooks:
+        assert self.hooks is not None, "a tool ran before its call was set up"
+        return self.hooks
 
     # --- the wrapper ----------------------------------------------------------------------------
 
@@ -212,23 +213,20 @@ class CallTools:
     # --- built-ins ------------------------------------------------------------------------------
 
     def _end_call(self) -> llm.Tool:
-        hooks = self._hooks
-
         @function_tool
         async def end_call(context: RunContext[Any]) -> None:
             """End the phone call. Call this only after you said goodbye: when the caller says
             goodbye, asks to hang up, or the conversation is clearly over."""
             await context.wait_for_playout()  # the goodbye that came with this call plays out
             # end once this turn is complete, so its transcript reaches the client first
-            context.speech_handle.add_done_callback(lambda _: hooks.end_call())
+            context.speech_handle.add_done_callback(lambda _: self._hooks.end_call())
             raise StopResponse()  # no further reply after hanging up
 
         return end_call
 
     def _transfer(self, spec: TransferCall) -> llm.Tool:
-        hooks = self._hooks
-
         async def transfer(_: Arguments, context: RunContext[Any]) -> str:
+            hooks = self._hooks
             hooks.check_transfer()  # before the line: a call without a phone line says nothing
             await context.wait_for_playout()  # what the LLM said with the call plays first
             if spec.line:
@@ -244,10 +242,8 @@ class CallTools:
         return self.wrap(schema, transfer, filler=False)
 
     def _send_dtmf(self) -> llm.Tool:
-        hooks = self._hooks
-
         async def send_dtmf(arguments: Arguments, _: RunContext[Any]) -> str:
-            await hooks.send_dtmf(str(arguments["digits"]))
+            await self._hooks.send_dtmf(str(arguments["digits"]))
             return "sent"
 
         schema = {
