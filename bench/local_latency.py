@@ -49,15 +49,15 @@ from typing import Any
 import numpy as np
 
 from tests.harness import Recording
-from worker.call import CallSetup, run_call
+from worker.call.lifecycle import CallSetup, run_call
+from worker.call.pipeline import load_vad
 from worker.config import AgentConfig, AgentRegistry, load_registry
-from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
-from worker.local_llm import LocalLLMServer
-from worker.local_runtime import LocalRuntime, llm_batch_threads, llm_threads
-from worker.pipeline import load_vad
-from worker.prompt_snapshots import snapshot_prompts
+from worker.local.llm import LocalLLMServer
+from worker.local.prompt_snapshots import snapshot_prompts
+from worker.local.runtime import LocalRuntime, llm_batch_threads, llm_threads
 from worker.providers import build_providers, resolve
 from worker.settings import VADSettings
+from worker.transports.local import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
 
 ROOT = Path(__file__).resolve().parents[1]
 _OFF = {

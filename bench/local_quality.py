@@ -32,10 +32,10 @@ from typing import Any
 import yaml
 from livekit.agents import llm
 
+from worker.call.pipeline import load_vad
 from worker.config import AgentConfig, load_registry
-from worker.local_llm import QWEN, SMOLLM2, LocalLLMServer
-from worker.local_runtime import LocalRuntime, llm_batch_threads, llm_threads
-from worker.pipeline import load_vad
+from worker.local.llm import QWEN, SMOLLM2, LocalLLMServer
+from worker.local.runtime import LocalRuntime, llm_batch_threads, llm_threads
 from worker.providers import build_llm, connect_options, resolve
 from worker.settings import VADSettings
 from worker.tools.calls import prompt_tools

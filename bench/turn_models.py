@@ -63,7 +63,7 @@ def rss_mb() -> float:
 def load(model: str) -> tuple[Callable[[np.ndarray], float], float]:
     """The model's probability function and its "finished" threshold."""
     if model == "smart_turn":
-        from worker.local_runtime import default_threads
+        from worker.local.runtime import default_threads
         from worker.turns.smart_turn import THRESHOLD, SmartTurnModel, model_path
 
         smart = SmartTurnModel(model_path(), threads=default_threads())

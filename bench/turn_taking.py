@@ -39,8 +39,8 @@ from livekit.agents import vad
 from bench.latency import LIVEKIT_VAD, livekit_turn_taking, loud_windows
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, Reply
 from tests.harness import FakeCallHarness, Recording, is_type, make_agent
+from worker.call.pipeline import load_vad
 from worker.config import AgentConfig
-from worker.pipeline import load_vad
 from worker.settings import VADSettings
 
 LONG_ANSWER = (

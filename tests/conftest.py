@@ -20,7 +20,18 @@ os.environ.setdefault("WORKER_LOCAL_LLM", "smollm2-135m")
 
 
 TESTS = Path(__file__).resolve().parent
-GROUPS = ("unit", "pipeline", "local", "providers", "scenarios", "api", "fuzz", "e2e", "load")
+GROUPS = (
+    "unit",
+    "pipeline",
+    "local",
+    "providers",
+    "scenarios",
+    "api",
+    "fuzz",
+    "e2e",
+    "load",
+    "browser",
+)
 """Each top-level directory of tests/ is a group, with a marker of the same name."""
 
 

@@ -8,12 +8,14 @@ import asyncio
 import functools
 import itertools
 import json
+import time
 import wave
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import av
 import jiwer
 import jsonschema
 import numpy as np
@@ -24,12 +26,14 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 
 import worker
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, rms
-from worker.call import CallResult, CallSetup, run_call
+from worker.call.lifecycle import CallResult, CallSetup, run_call
 from worker.config import AgentConfig
-from worker.local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
-from worker.local_runtime import load_turn_model
+from worker.local.runtime import load_turn_model
 from worker.providers import Providers
+from worker.records.report import RecordTarget
+from worker.settings import RecordingSettings
 from worker.tools.calls import prompt_tools
+from worker.transports.local import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
 from worker.turns.detector import ModelRunner
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -109,6 +113,15 @@ def shared_turn_runner() -> ModelRunner:
     return runner
 
 
+def read_ogg(path: Path) -> tuple[np.ndarray, int]:
+    """A recording's channels as int16 rows (caller, agent), and its rate."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray() for f in container.decode(audio=0)]
+        rate = container.streams.audio[0].rate
+    planar = np.concatenate(frames, axis=1)  # fltp: one row per channel
+    return (np.clip(planar, -1.0, 1.0) * 32767).astype(np.int16), rate
+
+
 class CallHarness:
     """One call through `run_call`; use as `async with CallHarness(...) as call:`. An agent with
     `smart_turn` detection gets the shared end-of-turn model unless `turn_runner` is given."""
@@ -123,8 +136,11 @@ class CallHarness:
         shutdown: asyncio.Event | None = None,
         turn_runner: ModelRunner | None = None,
         env: Mapping[str, str] | None = None,
+        records: RecordTarget | None = None,
+        recording: RecordingSettings | None = None,
     ) -> None:
-        """`env`: where the agent's tools find their `${VAR}` secrets (default: none)."""
+        """`env`: where the agent's tools find their `${VAR}` secrets (default: none);
+        `records`: where the call's record goes (default: kept in memory only)."""
         self.agent = agent
         self.clock = CallClock()
         self.audio_in = PacedAudioInput(self.clock)
@@ -146,7 +162,12 @@ class CallHarness:
             turn_runner=turn_runner
             or (shared_turn_runner() if agent.turn_taking.detection == "smart_turn" else None),
             env=env or {},
+            room="agent_test_user1_1",
+            user_id="user1",
+            records=records,
+            recording=recording,
         )
+        self._wall_offset = time.time() - time.monotonic()
         self._task: asyncio.Task[CallResult | None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -219,6 +240,10 @@ class CallHarness:
 
     def now(self) -> float:
         return self.clock.now()
+
+    def wall_time(self, call_time: float) -> float:
+        """A call-clock time as epoch seconds (the recording's timeline is the wall clock)."""
+        return self.clock.start + call_time + self._wall_offset
 
 
 class FakeCallHarness(CallHarness):

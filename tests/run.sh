@@ -27,4 +27,7 @@ python -m tests.lkserver.netns python -m pytest -m e2e -p no:cacheprovider
 step "tests: load (calls cycling through one worker, same namespace)"
 python -m tests.lkserver.netns python -m pytest -m load -p no:cacheprovider
 
+step "tests: browser (the call page in Debian's chromium, same namespace)"
+python -m tests.lkserver.netns python -m pytest -m browser -p no:cacheprovider
+
 step "all checks passed"

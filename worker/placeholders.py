@@ -12,8 +12,8 @@ import json
 import logging
 from collections.abc import Mapping
 
-from .config import PLACEHOLDER_MAX_LEN, AgentConfig
-from .untrusted import MAX_METADATA_BYTES, UntrustedJSONError, loads_bounded
+from worker.config import PLACEHOLDER_MAX_LEN, AgentConfig
+from worker.untrusted import MAX_METADATA_BYTES, UntrustedJSONError, loads_bounded
 
 logger = logging.getLogger("worker.placeholders")
 

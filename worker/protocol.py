@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .untrusted import UntrustedJSONError, loads_bounded
+from worker.untrusted import UntrustedJSONError, loads_bounded
 
 TOPIC = "voice-agent"
 """The topic of every event we send, and of control messages (which are also accepted on "")."""

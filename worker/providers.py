@@ -25,7 +25,7 @@ from livekit.agents import APIConnectOptions, llm, stt, tts
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from pydantic import TypeAdapter, ValidationError
 
-from .config import (
+from worker.config import (
     AgentConfig,
     AgentRegistry,
     CloudEntry,
@@ -37,10 +37,10 @@ from .config import (
     OpenAILLM,
     ProviderEntry,
 )
-from .local_runtime import LocalRuntime
+from worker.local.runtime import LocalRuntime
 
 if typing.TYPE_CHECKING:
-    from .local_llm_client import ToolSafeLLM
+    from worker.local.llm_client import ToolSafeLLM
 
 OUTPUT_SAMPLE_RATE = 24000
 """The room output rate: ElevenLabs streams raw PCM at this rate, so nothing is resampled or
@@ -131,7 +131,7 @@ def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: boo
     """Decide every stage's providers: a cloud provider without its key is replaced by the local
     provider when `allow_local` (development) or the agent opts in (`local_fallback`). A tool's
     missing `${VAR}` is a problem in every mode."""
-    from .tools.check import missing_secrets
+    from worker.tools.check import missing_secrets
 
     resolution = Resolution(AgentRegistry([]))
     agents = []
@@ -171,8 +171,8 @@ def resolve(registry: AgentRegistry, env: Mapping[str, str], *, allow_local: boo
 def turn_detection_fallback(agents: list[AgentConfig], notes: list[str]) -> list[AgentConfig]:
     """Agents with `smart_turn` end turns on silence (`vad`) when the model is not installed:
     said once at start (in `notes`), never a failure during a call."""
-    from .model_files import LocalModelError
-    from .turns.smart_turn import model_path
+    from worker.local.model_files import LocalModelError
+    from worker.turns.smart_turn import model_path
 
     users = [agent for agent in agents if agent.turn_taking.detection == "smart_turn"]
     if not users:
@@ -200,7 +200,7 @@ def turn_detection_fallback(agents: list[AgentConfig], notes: list[str]) -> list
 def check_registry(registry: AgentRegistry) -> list[str]:
     """Plugin options and `python` tools that would only fail during a call, found at start
     (file and field)."""
-    from .tools.check import unusable_functions
+    from worker.tools.check import unusable_functions
 
     problems: list[str] = unusable_functions(registry)
     for agent in registry:
@@ -262,9 +262,9 @@ def import_plugins(registry: AgentRegistry) -> None:
     modules = {"livekit.plugins.silero"}
     for _, entry in all_entries(registry):
         if isinstance(entry, LocalSTT):
-            modules |= {"worker.local_stt", "faster_whisper"}
+            modules.add("worker.local.stt")  # Whisper itself: only the inference process
         elif isinstance(entry, LocalTTS):
-            modules |= {"worker.local_tts", "piper"}
+            modules |= {"worker.local.tts", "piper"}
         elif isinstance(entry, LocalLLM):
             modules.add("livekit.plugins.openai")
         else:
@@ -294,7 +294,7 @@ def describe(entry: ProviderEntry) -> str:
     if isinstance(entry, LocalSTT):
         return f"local:whisper-{entry.model or 'base (bundled)'}"
     if isinstance(entry, LocalLLM):
-        from .local_llm import DEFAULT_MODEL, MODEL_ENV
+        from worker.local.llm import DEFAULT_MODEL, MODEL_ENV
 
         return f"local:{entry.model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL}"
     if isinstance(entry, LocalTTS):
@@ -373,15 +373,16 @@ def _build_stt(
     local: LocalRuntime | None,
 ) -> AnySTT:
     if isinstance(entry, LocalSTT):
-        from .local_stt import WhisperSTT
+        from worker.local.stt import Decoding, WhisperSTT
 
         runtime = _need(local)
-        whisper = WhisperSTT(
-            runtime.whispers[entry.model],
-            language=agent.language,
+        decoding = Decoding(
             beam_size=entry.beam_size,
             no_speech_threshold=entry.no_speech_threshold,
             log_prob_threshold=entry.log_prob_threshold,
+        )
+        whisper = WhisperSTT(
+            runtime.whispers[entry.model], language=agent.language, decoding=decoding
         )
         return stt.StreamAdapter(stt=whisper, vad=runtime.vad)
 
@@ -401,8 +402,8 @@ def local_llm(entry: LocalLLM, url: str, *, snapshot: str) -> ToolSafeLLM:
     """A call's client of the worker's local LLM server at `url`, holding one of its slots."""
     from livekit.plugins import openai
 
-    from .local_llm import SLOTS
-    from .local_llm_client import ToolSafeLLM, claim_slot
+    from worker.local.llm import SLOTS
+    from worker.local.llm_client import ToolSafeLLM, claim_slot
 
     return ToolSafeLLM(
         openai.LLM(
@@ -451,7 +452,7 @@ def _build_tts(
     if isinstance(entry, LocalTTS):
         from livekit.agents import NOT_GIVEN as DEFAULT_TOKENIZER
 
-        from .local_tts import ClauseFirstTokenizer, PiperTTS
+        from worker.local.tts import ClauseFirstTokenizer, PiperTTS
 
         piper = PiperTTS(_need(local).voices[entry.voice], speed=entry.speed)
         tokenizer = ClauseFirstTokenizer() if entry.first_clause else DEFAULT_TOKENIZER

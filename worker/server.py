@@ -8,31 +8,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.util
 import logging
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest, NotGivenOr
 from livekit.agents.ipc.job_executor import JobExecutor
 from livekit.agents.types import NOT_GIVEN
+from livekit.agents.utils import http_context
 from livekit.agents.worker import ServerEnvOption, _DefaultLoadCalc
 
-from .call import GOODBYE_TIMEOUT, CallSetup, run_call
-from .config import AgentConfig, AgentRegistry
-from .crash_guard import CallLedger, CrashGuard, DeadJob, ledger_path
-from .local_runtime import LocalRuntime
-from .logs import install_redaction
-from .pipeline import load_vad
-from .protocol import new_call_id
-from .providers import build_providers
-from .room import RoomTransport
-from .routing import RoomName, RoutingError, parse_room
-from .settings import WorkerSettings
-from .tools.check import secret_values
+from worker.call.lifecycle import GOODBYE_TIMEOUT, CallSetup, run_call
+from worker.call.pipeline import load_vad
+from worker.config import AgentConfig, AgentRegistry
+from worker.crash_guard import CallLedger, CrashGuard, DeadJob, ledger_path
+from worker.dispatch import recording_wanted
+from worker.local.runtime import LocalRuntime
+from worker.logs import install_redaction
+from worker.placeholders import parse_metadata
+from worker.protocol import EndReason, new_call_id
+from worker.providers import build_providers
+from worker.records.report import CallRecorder, record_target
+from worker.records.signing import SecretError, secret_key
+from worker.records.store import RecordStore
+from worker.records.webhook import WebhookSender
+from worker.routing import RoomName, RoutingError, parse_room
+from worker.settings import SettingsError, WorkerSettings
+from worker.tools.check import secret_values
+from worker.tools.spec import McpServer
+from worker.transports.room import RoomTransport
 
 logger = logging.getLogger("worker")
 
+SECRET_VARIABLE = "WORKER_WEBHOOK_SECRET"  # noqa: S105 (its name)
+WEBHOOK_FLUSH = 2.0
+"""Seconds a stopping worker gives the last calls' records before leaving them for its next
+start."""
 SHUTDOWN_SIGNAL = signal.SIGUSR2
 """Sent by the main process to each job when the worker starts draining (SIGUSR1 is taken by
 LiveKit for stack dumps; SIGTERM and SIGINT are ignored in job processes)."""
@@ -48,6 +63,7 @@ class VoiceWorker:
         *,
         pinned_agent: str | None = None,
         local_llm_url: str | None = None,
+        shared_models: bool = False,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -56,6 +72,8 @@ class VoiceWorker:
         """Set by `console` / `connect --agent`: their rooms have no routable name."""
         self.local_llm_url = local_llm_url
         """The main process's local LLM server, when some agent uses it."""
+        self.shared_models = shared_models
+        """Whisper and Piper live in the worker's inference process (`share_models`)."""
         self.calls_dir: Path | None = None
         """Where each job keeps its call's ledger for the main process (`create_server` sets it)."""
 
@@ -81,11 +99,21 @@ class VoiceWorker:
     # --- job processes --------------------------------------------------------------------------
 
     def prewarm(self, proc: JobProcess) -> None:
-        """Once per process, before any job: the log guard, the VAD and the local models the
-        agents use (none, with cloud providers only)."""
+        """Once per process, before any job: the log guard, the MCP client if an agent uses
+        one, the TLS context, the VAD and the local models the agents use (none, with cloud
+        providers only)."""
         install_redaction(extra=secret_values(self.registry, os.environ))
+        if any(isinstance(t, McpServer) for agent in self.registry for t in agent.tools):
+            # 0.7 s of pydantic models on a call's loop otherwise, at its first MCP connect
+            importlib.import_module("livekit.agents.llm.mcp")
+        # the TLS context every job's shared HTTP session uses (cached per process): parsing the
+        # CA bundle stalled each call's loop 50-120 ms as its TTS connected for the greeting
+        http_context._create_ssl_context()
         proc.userdata["local"] = LocalRuntime.load(
-            self.registry, vad_model=load_vad(self.settings.vad), llm_url=self.local_llm_url
+            self.registry,
+            vad_model=load_vad(self.settings.vad),
+            llm_url=self.local_llm_url,
+            shared=self.shared_models,
         )
 
     async def entrypoint(self, ctx: JobContext) -> None:
@@ -114,18 +142,25 @@ class VoiceWorker:
         fields = {"room": ctx.job.room.name, "job_id": ctx.job.id, "agent_id": agent.id}
         ctx.log_context_fields = {**fields, "call_id": call_id}
         local: LocalRuntime = ctx.proc.userdata["local"]
+        metadata = ctx.job.metadata or ""
+        transport = RoomTransport(ctx, user_id=room.user_id if room else None)
+        await transport.connect()  # the room is joined while the call is built
         setup = CallSetup(
             agent=agent,
             call_id=call_id,
             vad=local.vad,
             providers=build_providers(agent, os.environ, local),
-            metadata=ctx.job.metadata or "",
+            metadata=metadata,
             shutdown=listen_for_shutdown(),
             log_fields=fields,
             turn_runner=local.turn_runner,
             ledger=ledger,
+            room=ctx.job.room.name,
+            user_id=room.user_id if room else None,
+            records=record_target(agent, self.settings.webhook),
+            recording=self.settings.recordings if recording_wanted(agent, metadata) else None,
         )
-        await run_call(setup, RoomTransport(ctx, user_id=room.user_id if room else None))
+        await run_call(setup, transport)
 
     def route(self, room_name: str) -> tuple[AgentConfig, RoomName | None]:
         """The agent for a room, by the pinned agent or by the room name."""
@@ -156,6 +191,13 @@ class VoiceAgentServer(AgentServer):
     """
 
     crash_guard: CrashGuard | None = None
+    webhooks: WebhookSender | None = None
+    _delivering: asyncio.Task[None] | None = None
+
+    def start_webhooks(self) -> None:
+        """Once started: the main process delivers the records the calls leave in the outbox."""
+        if self.webhooks is not None:
+            self._delivering = asyncio.create_task(self.webhooks.run(), name="webhooks")
 
     def watch_job_processes(self) -> None:
         """Once started (LiveKit creates its process pool then)."""
@@ -171,6 +213,7 @@ class VoiceAgentServer(AgentServer):
                 room=info.job.room.name,
                 agent_identity=info.accept_arguments.identity,
                 exit_code=getattr(proc, "exitcode", None),
+                metadata=info.job.metadata or "",
             )
         )
 
@@ -185,6 +228,11 @@ class VoiceAgentServer(AgentServer):
         await super().aclose()
         if self.crash_guard is not None:
             await self.crash_guard.aclose()
+        if self._delivering is not None and self.webhooks is not None:
+            # the last calls' records get one more pass; what is left waits for the next start
+            await self.webhooks.settle(WEBHOOK_FLUSH)
+            self._delivering.cancel()
+            await asyncio.gather(self._delivering, return_exceptions=True)
 
 
 def notify_jobs_of_shutdown(server: AgentServer) -> int:
@@ -197,6 +245,79 @@ def notify_jobs_of_shutdown(server: AgentServer) -> int:
             os.kill(pid, SHUTDOWN_SIGNAL)
             count += 1
     return count
+
+
+def webhook_sender(worker: VoiceWorker) -> WebhookSender | None:
+    """The main process's delivery of call records, if any agent's calls leave one; a secret
+    that cannot sign or an outbox that cannot be written stops the start, naming the variable."""
+    settings = worker.settings.webhook
+    if not any(record_target(agent, settings) for agent in worker.registry):
+        return None
+    try:
+        key = secret_key(os.environ.get(SECRET_VARIABLE, ""))
+    except SecretError as exc:
+        raise SettingsError(
+            f"{SECRET_VARIABLE} {exc} (call records are signed; generate one with: python -c"
+            " \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\")"
+        ) from None
+    try:
+        store = RecordStore(settings.outbox)
+    except (OSError, sqlite3.Error) as exc:
+        raise SettingsError(
+            f"WORKER_DATA_DIR: the webhook outbox {settings.outbox} cannot be written"
+            f" ({type(exc).__name__}: {exc})"
+        ) from None
+    return WebhookSender(
+        store, key, timeout=settings.timeout, keep_delivered=settings.keep_delivered
+    )
+
+
+async def record_dead_call(
+    worker: VoiceWorker, job: DeadJob, call_id: str, started: float, duration: float
+) -> None:
+    """The record of a call whose job process died: what the main process knows (ids, times,
+    `error`), `complete: false`; a record the job wrote before dying has the same id, and wins."""
+    try:
+        agent, room = worker.route(job.room)
+    except RoutingError:
+        return
+    target = record_target(agent, worker.settings.webhook)
+    if target is None:
+        return
+    recorder = CallRecorder(
+        target,
+        call_id=call_id,
+        agent=agent,
+        room=job.room,
+        user_id=room.user_id if room else None,
+        metadata=parse_metadata(job.metadata, where="dispatch metadata"),
+        started=started or None,
+    )
+    await recorder.ended(
+        reason=EndReason.ERROR.value, duration=duration, turns=[], usage=[], complete=False
+    )
+
+
+def check_recordings(worker: VoiceWorker) -> None:
+    """Where recordings go must work before any call is recorded: the directory writable, and
+    boto3 installed for a bucket."""
+    if not any(a.recording.enabled or a.recording.per_session for a in worker.registry):
+        return
+    settings = worker.settings.recordings
+    try:
+        settings.directory.mkdir(parents=True, exist_ok=True)
+        probe = settings.directory / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            f"WORKER_RECORDINGS_DIR: {settings.directory} cannot be written"
+            f" ({type(exc).__name__}: {exc})"
+        ) from None
+    if settings.bucket is not None and importlib.util.find_spec("boto3") is None:
+        raise SettingsError(
+            "WORKER_RECORDINGS_S3_BUCKET needs boto3: pip install 'livekit-voice-worker[s3]'"
+        )
 
 
 def create_server(worker: VoiceWorker) -> VoiceAgentServer:
@@ -221,9 +342,12 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
     server.rtc_session(
         worker.entrypoint, agent_name=settings.agent_name, on_request=worker.on_request
     )
-    server.crash_guard = CrashGuard()
+    server.crash_guard = CrashGuard(on_dead_call=functools.partial(record_dead_call, worker))
+    server.webhooks = webhook_sender(worker)
+    check_recordings(worker)
     worker.calls_dir = server.crash_guard.directory
     # LiveKit sets up the main process's log handlers when it starts: guard them then
     server.on("worker_started", install_redaction)
     server.on("worker_started", server.watch_job_processes)
+    server.on("worker_started", server.start_webhooks)
     return server

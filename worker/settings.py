@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_AGENT_NAME = "voice-agent"
 MAX_PORT = 65535
@@ -33,13 +34,77 @@ class SettingsError(ValueError):
     """An environment variable with an unusable value; the message names it."""
 
 
+WEBHOOK_EVENTS = ("call.started", "call.ended")
+DEFAULT_DATA_DIR = Path("~/.local/share/voice-worker").expanduser()
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Where call records go (`worker/records`). The signing secret is not kept here: the main
+    process reads `WORKER_WEBHOOK_SECRET` when it starts delivering."""
+
+    url: str | None = None
+    """`WORKER_WEBHOOK_URL`; agents may set their own (`webhook.url`)."""
+    events: tuple[str, ...] = ("call.ended",)
+    timeout: float = 10.0
+    """Seconds per delivery attempt."""
+    retry_for: float = 86400.0
+    """Seconds a record is retried for before it is kept as expired."""
+    keep_delivered: float = 7 * 86400.0
+    """Seconds a delivered record stays in the outbox (it holds a transcript)."""
+    data_dir: Path = DEFAULT_DATA_DIR
+    """The outbox (`webhooks.sqlite3`) and, by default, the recordings."""
+
+    @property
+    def outbox(self) -> Path:
+        return self.data_dir / "webhooks.sqlite3"
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    """Where call recordings go (`worker/records/recording.py`); S3 credentials are boto3's own
+    (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, a profile or a role), never kept here."""
+
+    directory: Path = DEFAULT_DATA_DIR / "recordings"
+    """`WORKER_RECORDINGS_DIR`: every recording is written here first."""
+    bucket: str | None = None
+    """`WORKER_RECORDINGS_S3_BUCKET`: uploaded there, and the local file removed."""
+    prefix: str = ""
+    endpoint_url: str | None = None
+    """`WORKER_RECORDINGS_S3_ENDPOINT`: an S3-compatible service (MinIO, R2, ...)."""
+
+
+def check_service_url(url: str) -> str | None:
+    """What is wrong with the URL of a service the worker sends to (webhooks, S3), or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http(s) URL with a host"
+    if parts.username or parts.password:
+        return "must not hold credentials"
+    return None
+
+
+CALLS_PER_CPU = 5
+"""A cloud-path call costs about 0.12 of a core (bench.capacity: README, Capacity); five a core
+is 0.6 of it, leaving the rest for the greetings and answers that come at once, and for the
+CPU limit to act before latency does."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     agent_name: str = DEFAULT_AGENT_NAME
     """LiveKit agent name for explicit dispatch (`LIVEKIT_AGENT_NAME`)."""
     prompts_dir: Path = Path(__file__).resolve().parent.parent / "prompts"
-    max_calls: int = 25
-    """Concurrent calls per worker; further dispatches are declined."""
+    max_calls: int = field(default_factory=lambda: CALLS_PER_CPU * usable_cpus())
+    """Concurrent calls per worker; further dispatches are declined. Default: `CALLS_PER_CPU`
+    for each CPU the worker may run on."""
     cpu_limit: float | None = 0.9
     """Fraction of CPU above which dispatches are declined; None disables the check."""
     idle_processes: int = 2
@@ -49,6 +114,8 @@ class WorkerSettings:
     health_port: int = 8081
     prometheus_port: int | None = None
     vad: VADSettings = field(default_factory=VADSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -77,6 +144,8 @@ class WorkerSettings:
                     "WORKER_VAD_PREFIX_PADDING", defaults.vad.prefix_padding
                 ),
             ),
+            webhook=(webhook := _webhook(env, reader)),
+            recordings=_recordings(env, webhook.data_dir),
         )
 
     def resolved_drain_timeout(self, longest_call: int) -> int:
@@ -91,6 +160,34 @@ class WorkerSettings:
                 f"{DRAIN_MARGIN}s), or a draining worker could cut calls off"
             )
         return self.drain_timeout
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Demo mode of the call page (`api/page.py`): the agents anyone who can reach the page may
+    call without a key (`WORKER_DEMO_AGENTS`, ids). Off when empty, the default."""
+
+    agents: tuple[str, ...] = ()
+    rate_limit: int = 3
+    """Demo calls per minute per client address (`WORKER_DEMO_RATE_LIMIT`)."""
+    total_limit: int = 20
+    """Demo calls per minute in all (`WORKER_DEMO_TOTAL_LIMIT`): many addresses cannot add up."""
+    max_duration: int = 300
+    """Seconds a demo call may last, at most the agent's own limit (`WORKER_DEMO_MAX_DURATION`)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DemoSettings:
+        reader = _Reader(env)
+        defaults = cls()
+        agents = env.get("WORKER_DEMO_AGENTS", "")
+        return cls(
+            agents=tuple(a.strip() for a in agents.split(",") if a.strip()),
+            rate_limit=reader.integer("WORKER_DEMO_RATE_LIMIT", defaults.rate_limit, minimum=1),
+            total_limit=reader.integer("WORKER_DEMO_TOTAL_LIMIT", defaults.total_limit, minimum=1),
+            max_duration=reader.integer(
+                "WORKER_DEMO_MAX_DURATION", defaults.max_duration, minimum=10
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +220,7 @@ class ApiSettings:
     cors_origins: tuple[str, ...] = ()
     dispatch_wait: float = 5.0
     """Seconds to wait for a worker to accept the dispatch before answering 503."""
+    demo: DemoSettings = field(default_factory=DemoSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -154,7 +252,48 @@ class ApiSettings:
             ),
             cors_origins=tuple(o.strip() for o in origins.split(",") if o.strip()),
             dispatch_wait=reader.number("WORKER_API_DISPATCH_WAIT", defaults.dispatch_wait),
+            demo=DemoSettings.from_env(env),
         )
+
+
+def _webhook(env: Mapping[str, str], reader: _Reader) -> WebhookSettings:
+    defaults = WebhookSettings()
+    url = env.get("WORKER_WEBHOOK_URL") or None
+    if url is not None and (problem := check_service_url(url)):
+        raise SettingsError(f"WORKER_WEBHOOK_URL {problem}")
+    events = tuple(e.strip() for e in env.get("WORKER_WEBHOOK_EVENTS", "").split(",") if e.strip())
+    if unknown := [e for e in events if e not in WEBHOOK_EVENTS]:
+        raise SettingsError(
+            f"WORKER_WEBHOOK_EVENTS has {', '.join(unknown)}: the events are "
+            + ", ".join(WEBHOOK_EVENTS)
+        )
+    retry_for = reader.number("WORKER_WEBHOOK_RETRY_FOR", defaults.retry_for)
+    timeout = reader.number("WORKER_WEBHOOK_TIMEOUT", defaults.timeout)
+    keep = reader.number("WORKER_WEBHOOK_KEEP_DELIVERED", defaults.keep_delivered)
+    if timeout <= 0 or retry_for <= 0:
+        raise SettingsError("WORKER_WEBHOOK_TIMEOUT and WORKER_WEBHOOK_RETRY_FOR must be positive")
+    data_dir = env.get("WORKER_DATA_DIR")
+    return WebhookSettings(
+        url=url,
+        events=events or defaults.events,
+        timeout=timeout,
+        retry_for=retry_for,
+        keep_delivered=keep,
+        data_dir=Path(data_dir).expanduser() if data_dir else defaults.data_dir,
+    )
+
+
+def _recordings(env: Mapping[str, str], data_dir: Path) -> RecordingSettings:
+    directory = env.get("WORKER_RECORDINGS_DIR")
+    endpoint = env.get("WORKER_RECORDINGS_S3_ENDPOINT") or None
+    if endpoint is not None and (problem := check_service_url(endpoint)):
+        raise SettingsError(f"WORKER_RECORDINGS_S3_ENDPOINT {problem}")
+    return RecordingSettings(
+        directory=Path(directory).expanduser() if directory else data_dir / "recordings",
+        bucket=env.get("WORKER_RECORDINGS_S3_BUCKET") or None,
+        prefix=env.get("WORKER_RECORDINGS_S3_PREFIX", ""),
+        endpoint_url=endpoint,
+    )
 
 
 class _Reader:

@@ -14,18 +14,20 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
 from livekit.agents.utils import http_context
 
-from .audio_files import Audio
-from .call import Caller, CallResult, CallSetup, run_call
-from .config import AgentConfig
-from .local_io import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
-from .local_runtime import LocalRuntime
-from .protocol import new_call_id
-from .providers import build_providers
+from worker.audio_files import Audio
+from worker.call.lifecycle import Caller, CallResult, CallSetup, run_call
+from worker.config import AgentConfig
+from worker.local.runtime import LocalRuntime
+from worker.protocol import new_call_id
+from worker.providers import build_providers
+from worker.settings import RecordingSettings
+from worker.transports.local import CallClock, LocalTransport, PacedAudioInput, VirtualSpeaker
 
 AGENT_RATE = 24000
 
@@ -46,8 +48,10 @@ async def simulate_call(
     on_event: Callable[[bytes], None],
     metadata: str = "",
     max_seconds: int = 120,
+    recording_dir: Path | None = None,
 ) -> Simulated:
-    """Run the call; the agent's audio covers at least the recording."""
+    """Run the call; the agent's audio covers at least the recording. `recording_dir`: record
+    the call there as a deployment would (`<call_id>.ogg`)."""
     limits = agent.limits.model_copy(
         update={"max_duration": min(agent.limits.max_duration, max_seconds)}
     )
@@ -72,6 +76,7 @@ async def simulate_call(
         metadata=metadata,
         turn_runner=runtime.turn_runner,
         env=env,
+        recording=None if recording_dir is None else RecordingSettings(directory=recording_dir),
     )
     async with http_context.open():  # the cloud plugins' HTTP session, as a job would have
         result = await run_call(setup, transport)

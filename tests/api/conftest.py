@@ -32,10 +32,10 @@ from tests.lkserver.config import load_config
 from tests.lkserver.server import LiveKitTestServer
 from tests.lkserver.twirp import TwirpService
 from tests.lkserver.workers import WorkerService
-from worker.api_auth import ApiKeys
+from worker.api.app import create_app
+from worker.api.auth import ApiKeys
+from worker.api.sessions import SessionService
 from worker.config import AgentRegistry, load_registry
-from worker.session_api import create_app
-from worker.sessions import SessionService
 from worker.settings import DEFAULT_AGENT_NAME, ApiSettings
 
 ROOT = Path(__file__).resolve().parents[2]

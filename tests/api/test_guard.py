@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from tests.api.conftest import API_KEY, CONFIG, ClientFactory, LiveKit, auth, settings_for
-from worker.api_auth import ApiKeys
+from worker.api.app import create_app
+from worker.api.auth import ApiKeys
+from worker.api.sessions import SessionService
 from worker.config import AgentRegistry
-from worker.session_api import create_app
-from worker.sessions import SessionService
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from tests.api.conftest import API_KEY, ROOT, api_process, livekit_in_thread
-from worker.api_auth import ApiKeys
+from worker.api.app import create_app
+from worker.api.auth import ApiKeys
+from worker.api.sessions import SessionService
 from worker.config import load_registry
-from worker.session_api import create_app
-from worker.sessions import SessionService
 from worker.settings import ApiSettings
 
 SPEC = create_app(

@@ -21,7 +21,7 @@ from tests.api.conftest import (
     auth,
     hand_worker,
 )
-from worker.dispatch import MAX_DURATION_KEY
+from worker.dispatch import MAX_DURATION_KEY, RECORDING_KEY
 from worker.routing import parse_room
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,7 +38,7 @@ async def test_a_session_is_a_room_a_dispatch_with_the_context_and_a_caller_toke
 
     room = parse_room(session["room_name"])
     assert (room.agent_id, room.user_id) == (SUPPORT_ID, "alice")
-    assert before * 1000 <= room.timestamp_ms <= time.time() * 1000
+    assert int(before * 1000) <= room.timestamp_ms <= time.time() * 1000
     created = livekit.server.rooms[session["room_name"]]
     assert session["session_id"] == created.sid
     assert (created.empty_timeout, created.max_participants) == (120, 3)
@@ -94,6 +94,16 @@ async def test_a_missing_user_id_is_generated_and_max_duration_travels_in_the_me
     assert json.loads(dispatch.metadata) == {MAX_DURATION_KEY: 60}
 
 
+async def test_recording_travels_in_the_metadata_where_the_agent_allows_it(
+    livekit: LiveKit, worker: HandWorker, client: httpx.AsyncClient
+) -> None:
+    body = {"agent_id": "5b710eca", "recording": True, "context": {"plan": "pro"}}
+    response = await client.post("/v1/voice-sessions", json=body, headers=auth())
+    assert response.status_code == 201, response.text
+    [dispatch] = livekit.workers.dispatches.values()
+    assert json.loads(dispatch.metadata) == {"plan": "pro", RECORDING_KEY: True}
+
+
 @pytest.mark.parametrize(
     ("body", "why"),
     [
@@ -103,6 +113,10 @@ async def test_a_missing_user_id_is_generated_and_max_duration_travels_in_the_me
         ({"agent_id": "5b710eca", "context": ["a"]}, "context"),
         ({"agent_id": "5b710eca", "context": {"x": "y" * 5000}}, "4096"),
         ({"agent_id": "5b710eca", "context": {MAX_DURATION_KEY: 5}}, "reserved"),
+        ({"agent_id": "5b710eca", "context": {RECORDING_KEY: True}}, "reserved"),
+        ({"agent_id": "5b710eca", "recording": "yes"}, "recording"),
+        ({"agent_id": "hotel-concierge", "recording": True}, "does not allow choosing"),
+        ({"agent_id": "hotel-concierge", "recording": False}, "does not allow choosing"),
         ({"agent_id": "5b710eca", "max_duration": 0}, "max_duration"),
         ({"agent_id": "5b710eca", "max_duration": 1201}, "limit of 1200 s"),
         ({"agent_id": "5b710eca", "max_duration": 99999}, "max_duration"),
@@ -187,8 +201,10 @@ async def test_the_agents_list_shows_public_fields_only(client: httpx.AsyncClien
         "id": "hotel-concierge",
         "name": "Leo (Harbor Hotel front desk)",
         "language": "en",
-        "placeholders": ["guest_name", "part_of_day"],
+        "placeholders": ["guest_name", "part_of_day", "today"],
         "max_duration": 900,
+        "recording": False,
+        "recording_per_session": False,
     }
 
 

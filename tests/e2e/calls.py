@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from livekit import api, rtc
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording
 from tests.lkserver.workers import RegisteredWorker
+from tests.polling import until
 from tests.standins.deepgram import ClipMatcher, DeepgramStandIn
 from tests.standins.elevenlabs import ElevenLabsStandIn, HumVoice
 from tests.standins.openai import OpenAIStandIn, Responder, Script
@@ -225,19 +226,6 @@ async def stop_process(process: asyncio.subprocess.Process, log: IO[bytes]) -> N
 
 def room_name(user_id: str = "user1", agent: str = SUPPORT_PREFIX) -> str:
     return f"agent_{agent}_{user_id}_{int(time.time() * 1000)}"
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` until it returns something truthy (returned), failing after `timeout`."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                if result := predicate():
-                    break
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout} s waiting for {what}")
-    return result
 
 
 async def dispatch(lk: LiveKitFixture, room: str) -> None:

@@ -27,12 +27,12 @@ from tests.e2e.calls import (
     room_name,
     script,
     stand_ins,
-    until,
     voice_worker,
 )
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording, check_call_events
 from tests.lkserver.workers import ENDED
+from tests.polling import until
 
 ANSWER = "We open at nine on Saturday and close at five."
 LEAVE_S = 3

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.calls import GREETING, JOIN_S, TURN_S, StandIns, call, stand_ins, until, voice_worker
+from tests.e2e.calls import GREETING, JOIN_S, TURN_S, StandIns, call, stand_ins, voice_worker
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording, check_call_events
+from tests.polling import until
 from tests.standins.openai import Reply
+from tests.standins.webhooks import SECRET, WebhookReceiver
 from worker.crash_guard import read_ledger
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,7 +52,14 @@ async def test_a_job_process_killed_mid_reply_ends_the_call_and_the_worker_takes
     lk = livekit_server
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**services.env(), "TMPDIR": str(tmp)}
+    receiver = await WebhookReceiver().start()
+    env = {
+        **services.env(),
+        "TMPDIR": str(tmp),
+        "WORKER_WEBHOOK_URL": receiver.url,
+        "WORKER_WEBHOOK_SECRET": SECRET,
+        "WORKER_DATA_DIR": str(tmp_path / "data"),
+    }
     recording = Recording.load("single_question")
     async with voice_worker(lk, tmp_path, env) as worker:
         async with call(lk, identity="first") as first:
@@ -71,10 +80,19 @@ async def test_a_job_process_killed_mid_reply_ends_the_call_and_the_worker_takes
             assert not first.find(type="transcript", role="agent", text=LONG_ANSWER.strip())
         check_call_events(first.events)  # one call id, seq without a gap, call_ended once, last
         assert "died mid-call (exit code -9)" in worker.log()
+        # the backend still hears of the call, from the main process: what it knows
+        record_id = f"{ended['call_id']}.ended"
+        await until(lambda: record_id in receiver.accepted, TURN_S, "the dead call's record")
+        record = receiver.accepted[record_id]
+        assert (record["end_reason"], record["complete"]) == ("error", False)
+        assert record["duration"] > 0
 
         async with call(lk, identity="second") as second:
             await second.event(JOIN_S, type="transcript", role="agent", text=GREETING)
             assert (await second.hang_up())["reason"] == "client_ended"
         check_call_events(second.events)
     assert worker.log().count("died mid-call") == 1, "a call that ended itself was left alone"
+    await until(lambda: len(receiver.accepted) == 2, TURN_S, "the second call's record")
+    assert receiver.accepted[f"{second.events[0]['call_id']}.ended"]["complete"] is True
+    await receiver.close()
     assert not list(tmp.glob("voice-agent-calls-*")), "the ledger directory outlived the worker"

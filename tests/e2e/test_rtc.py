@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
-from tests.e2e.calls import until
 from tests.e2e.conftest import LiveKitFixture
 from tests.lkserver import LiveKitTestServer, Participant, Room, load_config
 from tests.lkserver import server as lkserver
 from tests.lkserver.netns import ADDRESS
+from tests.polling import until
 
 CONFIG = load_config()
 ROOM = "e2e-room"

@@ -6,141 +6,43 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from livekit import api, rtc
 from livekit.protocol.agent_dispatch import AgentDispatch
 
 from tests.e2e.calls import (
     JOIN_S,
-    SUPPORT_PROMPT,
     TURN_S,
     Caller,
     StandIns,
     WorkerProcess,
     script,
     stand_ins,
-    until,
     voice_worker,
-    worker_command,
 )
 from tests.e2e.conftest import LiveKitFixture
+from tests.e2e.session_api import SessionApi, session_api
 from tests.harness import Recording, check_call_events
 from tests.lkserver.workers import ENDED, JobRecord
+from tests.polling import until
 from worker.settings import DEFAULT_AGENT_NAME
 
-API_KEY = "e2e-session-api-key-0123456789ab"
-"""32 characters: the API refuses keys under 16."""
 SUPPORT_ID = "5b710eca-ee67-4c3a-aeb6-8b541f451b40"
 CONTEXT = {"customer_name": "Sam"}
 GREETING_FOR_SAM = "Hi Sam, this is Ava from Acme support. How can I help you today?"
-START_S = 30
-"""For the API to import FastAPI and the LiveKit SDK and answer /healthz, on a busy machine."""
+
 END_S = 10
 """For a deleted room's job to end and everyone in it to be disconnected."""
 
 pytestmark = pytest.mark.timeout(150)
-
-
-@dataclass
-class SessionApi:
-    """A running `python -m worker api` and an HTTP client for it, holding the test's key."""
-
-    url: str
-    http: aiohttp.ClientSession
-    process: asyncio.subprocess.Process
-    log_path: Path
-
-    async def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> tuple[int, Any]:
-        """The status and the JSON body (None when empty) of an authorized request."""
-        async with self.http.request(
-            method, self.url + path, json=body, headers={"X-API-Key": API_KEY}
-        ) as response:
-            text = await response.text()
-            return response.status, json.loads(text) if text else None
-
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        """`POST /v1/voice-sessions`, which must succeed."""
-        status, session = await self.request("POST", "/v1/voice-sessions", body)
-        assert status == 201, session
-        assert isinstance(session, dict)
-        return session
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@asynccontextmanager
-async def session_api(lk: LiveKitFixture, log_dir: Path) -> AsyncIterator[SessionApi]:
-    """`python -m worker api` on a free local port, once /healthz answers 200 (it reaches the
-    test server); stopped with SIGTERM and its log printed afterwards (shown for a failed test)."""
-    prompts_dir = log_dir / "prompts"
-    prompts_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(SUPPORT_PROMPT, prompts_dir)
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("WORKER_API_") and name != "LIVEKIT_AGENT_NAME"
-    }
-    environment.update(
-        {
-            "LIVEKIT_URL": lk.url,
-            "LIVEKIT_API_KEY": lk.api_key,
-            "LIVEKIT_API_SECRET": lk.api_secret,
-            "LIVEKIT_PUBLIC_URL": "",  # the default: LIVEKIT_URL
-            "WORKER_API_KEYS": API_KEY,
-            "WORKER_PROMPTS_DIR": str(prompts_dir),
-        }
-    )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = log_dir / "api.log"
-    command = ["api", "--host", "127.0.0.1", "--port", str(port)]
-    async with (
-        worker_command(command, environment, log_path) as process,
-        aiohttp.ClientSession() as http,
-    ):
-        await _healthy(http, url, process)
-        yield SessionApi(url, http, process, log_path)
-
-
-async def _healthy(
-    http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process
-) -> None:
-    try:
-        async with asyncio.timeout(START_S):
-            while process.returncode is None:
-                try:
-                    async with http.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            assert await response.json() == {"status": "ok"}
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass  # not listening yet
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"timed out after {START_S} s waiting for the session API's /healthz")
-    pytest.fail(f"the session API exited with code {process.returncode} before answering")
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from tests.e2e.calls import (
     call,
     room_name,
     stand_ins,
-    until,
     voice_worker,
 )
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording
+from tests.polling import until
 from tests.standins.openai import Script, ToolCall
 
 pytestmark = pytest.mark.timeout(150)

@@ -16,11 +16,11 @@ from tests.e2e.calls import (
     call,
     script,
     stand_ins,
-    until,
     voice_worker,
 )
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording, check_call_events
+from tests.polling import until
 
 NEW_ADDRESS = "Of course. What is the new address?"
 LONG_ANSWER = (

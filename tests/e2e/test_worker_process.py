@@ -22,12 +22,12 @@ from tests.e2e.calls import (
     call,
     room_name,
     stand_ins,
-    until,
     voice_worker,
 )
 from tests.e2e.conftest import LiveKitFixture
 from tests.harness import Recording, check_call_events
 from tests.lkserver.workers import JobRecord
+from tests.polling import until
 from tests.standins.openai import Reply
 from worker.config import Messages
 

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from tests.api.conftest import API_KEY
-from worker.api_auth import ApiKeys
+from worker.api.app import create_app
+from worker.api.auth import ApiKeys
+from worker.api.sessions import SessionService
 from worker.config import ConfigError, load_agent_file, load_registry
 from worker.dispatch import with_call_limit
 from worker.placeholders import placeholder_values
 from worker.protocol import Control, ControlError, parse_control
 from worker.routing import RoutingError, format_room, parse_room
-from worker.session_api import create_app
-from worker.sessions import SessionService
 from worker.settings import ApiSettings
 
 ROOT = Path(__file__).resolve().parents[2]

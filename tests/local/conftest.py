@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,8 +12,8 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from worker.local_runtime import default_threads
-from worker.local_stt import WhisperSTT, load_whisper
+from worker.local.runtime import default_threads
+from worker.local.stt import load_whisper, transcribe
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -22,9 +24,13 @@ def whisper_model() -> WhisperModel:
     return load_whisper(None, threads=default_threads())
 
 
+Transcribe = Callable[[np.ndarray, str], str]
+"""Blocking: float32 16 kHz samples and a language to text, as the worker's Whisper hears them."""
+
+
 @pytest.fixture(scope="session")
-def whisper(whisper_model: WhisperModel) -> WhisperSTT:
-    return WhisperSTT(whisper_model, language="en")
+def whisper(whisper_model: WhisperModel) -> Transcribe:
+    return functools.partial(transcribe, whisper_model)
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -9,11 +9,10 @@ import numpy as np
 from livekit.agents import llm
 
 from tests.harness import Recording, wer
-from tests.local.conftest import to_16k_float
-from worker.local_llm import LocalLLMServer, _healthy
-from worker.local_runtime import default_threads
-from worker.local_stt import WhisperSTT
-from worker.local_tts import PiperTTS, load_piper
+from tests.local.conftest import Transcribe, to_16k_float
+from worker.local.llm import LocalLLMServer, _healthy
+from worker.local.runtime import default_threads
+from worker.local.tts import InProcessPiper, PiperTTS, load_piper
 from worker.providers import LOCAL_API_KEY
 
 
@@ -22,28 +21,28 @@ def fetch(url: str) -> bytes:
         return bytes(response.read())
 
 
-def test_whisper_transcribes_a_caller(whisper: WhisperSTT) -> None:
+def test_whisper_transcribes_a_caller(whisper: Transcribe) -> None:
     caller = Recording.load("caller_basic")
     for utterance in ("question", "barge_in", "goodbye"):
-        text = whisper.transcribe(to_16k_float(caller.clip(utterance), caller.rate), "en")
+        text = whisper(to_16k_float(caller.clip(utterance), caller.rate), "en")
         assert wer(caller.text(utterance), text) <= 0.2, text
 
 
-def test_whisper_does_not_invent_words_in_noise_or_silence(whisper: WhisperSTT) -> None:
+def test_whisper_does_not_invent_words_in_noise_or_silence(whisper: Transcribe) -> None:
     rng = np.random.default_rng(7)
     noise = (rng.standard_normal(16000 * 2) * 0.05).astype(np.float32)
-    assert whisper.transcribe(noise, "en") == ""
-    assert whisper.transcribe(np.zeros(16000 * 2, dtype=np.float32), "en") == ""
+    assert whisper(noise, "en") == ""
+    assert whisper(np.zeros(16000 * 2, dtype=np.float32), "en") == ""
 
 
-async def test_piper_speaks_what_it_is_given(whisper: WhisperSTT) -> None:
-    piper = PiperTTS(load_piper(None, threads=1))
+async def test_piper_speaks_what_it_is_given(whisper: Transcribe) -> None:
+    piper = PiperTTS(InProcessPiper(load_piper(None, threads=1)))
     text = "Your order left our warehouse this morning. It arrives on Friday."
     audio = await piper.synthesize(text).collect()
     samples = np.frombuffer(audio.data, dtype=np.int16)
     assert audio.sample_rate == 22050
     assert 3.0 < len(samples) / audio.sample_rate < 8.0
-    assert wer(text, whisper.transcribe(to_16k_float(samples, audio.sample_rate), "en")) <= 0.1
+    assert wer(text, whisper(to_16k_float(samples, audio.sample_rate), "en")) <= 0.1
     await piper.aclose()
 
 

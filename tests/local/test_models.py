@@ -6,10 +6,10 @@ import hashlib
 from pathlib import Path
 
 from tests.harness import make_agent
+from worker.call.pipeline import load_vad
 from worker.config import AgentRegistry
-from worker.local_runtime import LocalRuntime
-from worker.local_stt import BUNDLED_SHA256, BUNDLED_SIZE, ensure_bundled_model
-from worker.pipeline import load_vad
+from worker.local.runtime import LocalRuntime
+from worker.local.stt import BUNDLED_SHA256, BUNDLED_SIZE, ensure_bundled_model
 from worker.settings import VADSettings
 
 

@@ -12,15 +12,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.harness import check_call_events, wer
-from tests.local.conftest import read_wav, speech_segments, to_16k_float
-from worker.local_llm import QWEN
-from worker.local_stt import WhisperSTT
+from tests.harness import check_call_events, read_ogg, wer
+from tests.local.conftest import Transcribe, read_wav, speech_segments, to_16k_float
+from worker.local.llm import QWEN
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -72,8 +72,14 @@ def said_all(events: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 @pytest.mark.timeout(300)
-def test_a_clean_recorded_call(tmp_path: Path, whisper: WhisperSTT) -> None:
-    events, agent_wav, stderr = simulate("support_call", tmp_path)
+def test_a_clean_recorded_call(tmp_path: Path, whisper: Transcribe) -> None:
+    (tmp_path / "recordings").mkdir()
+    events, agent_wav, stderr = simulate(
+        "support_call",
+        tmp_path,
+        *("--recording-dir", str(tmp_path / "recordings")),
+        *("--record-out", str(tmp_path / "record.json")),
+    )
     check_call_events(events)
     assert events[-1]["reason"] == "agent_ended", "the caller's goodbye ends the call"
     agent = said(events, "agent")
@@ -89,11 +95,24 @@ def test_a_clean_recorded_call(tmp_path: Path, whisper: WhisperSTT) -> None:
     assert len(samples) / rate >= len(recording) / recording_rate, "on the caller's timeline"
     # what was heard, transcribed back piece by piece (whole, Whisper's long-form decoding skips
     # stretches of a mostly silent track)
-    spoken = " ".join(
-        whisper.transcribe(to_16k_float(s, rate), "en") for s in speech_segments(samples, rate)
-    )
+    spoken = " ".join(whisper(to_16k_float(s, rate), "en") for s in speech_segments(samples, rate))
     written = " ".join(str(e["text"]) for e in agent)
     assert wer(written, spoken) <= 0.25, f"audio: {spoken!r}\nevents: {written!r}"
+
+    # the call's record (the webhook's body) and its recording: each side on its own channel
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert [(t["role"], t["text"]) for t in record["transcript"]] == [
+        (e["role"], e["text"]) for e in said_all(events)
+    ]
+    location = Path(urlparse(record["recording"]["location"]).path)
+    assert location.parent == tmp_path / "recordings"
+    (caller, agent_channel), rate = read_ogg(location)
+    assert abs(len(caller) / rate - record["duration"]) < 1.5
+    for channel, text in ((caller, expected_user_text("support_call")), (agent_channel, written)):
+        heard = " ".join(
+            whisper(to_16k_float(s, rate), "en") for s in speech_segments(channel, rate)
+        )
+        assert wer(text, heard) <= 0.3, f"recording: {heard!r}\nexpected: {text!r}"
 
 
 @pytest.mark.timeout(300)

@@ -6,7 +6,7 @@ import pytest
 from livekit.agents import vad
 
 from tests.harness import Recording
-from worker.pipeline import load_vad
+from worker.call.pipeline import load_vad
 from worker.settings import VADSettings
 
 

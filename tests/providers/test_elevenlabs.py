@@ -8,7 +8,7 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,9 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, APIStatusError, utils, vad
 
 from tests.harness import make_agent
+from tests.polling import until
 from tests.standins.elevenlabs import VOICE_RATE, ElevenLabsStandIn, HumVoice, PiperVoice
-from worker.pipeline import load_vad
+from worker.call.pipeline import load_vad
 from worker.providers import AnyTTS, build_providers, connect_options
 from worker.settings import VADSettings
 
@@ -107,13 +108,6 @@ async def say(tts: AnyTTS, conn: APIConnectOptions, text: str, *, endpoint: str)
         await tts.synthesize(text, conn_options=conn).collect()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Wait for the stand-in to record what the client did (its messages arrive asynchronously)."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110  (records are plain lists: nothing to await)
-            await asyncio.sleep(0.02)
-
-
 def shape(value: Any) -> Any:
     """Keys and value types, recursively: what two messages must share to have one structure."""
     if isinstance(value, dict):
@@ -129,7 +123,7 @@ def shape(value: Any) -> Any:
 async def test_streams_a_reply_as_24khz_audio_of_its_length(standin: ElevenLabsStandIn) -> None:
     async with eleven_tts(standin) as (tts, conn):
         speech = await speak(tts, conn, REPLY)
-    await eventually(lambda: standin.of_kind("connect")[0].outcome != "open")
+    await until(lambda: standin.of_kind("connect")[0].outcome != "open", 2.0, "the stand-in")
 
     assert speech.rate == VOICE_RATE
     assert speech.seconds == pytest.approx(CHAR_SECONDS * len(REPLY), rel=0.1)
@@ -335,10 +329,10 @@ async def test_a_socket_dropped_mid_reply_fails_the_reply(standin: ElevenLabsSta
         with pytest.raises(APIStatusError, match="closed unexpectedly"):
             await speak(tts, conn, REPLY)
         assert time.monotonic() - start < 1.5
-        await eventually(lambda: standin.of_kind("context")[0].outcome != "open")
+        await until(lambda: standin.of_kind("context")[0].outcome != "open", 2.0, "the stand-in")
         speech = await speak(tts, conn, "Next reply.")  # on a new socket
     assert speech.seconds > 0.5
-    await eventually(lambda: standin.of_kind("connect")[-1].outcome != "open")
+    await until(lambda: standin.of_kind("connect")[-1].outcome != "open", 2.0, "the stand-in")
     assert [c.outcome for c in standin.of_kind("connect")] == ["dropped", "completed"]
     assert [c.outcome for c in standin.of_kind("context")] == ["dropped", "completed"]
     # audio had reached the caller: the plugin does not retry (it would repeat it)
@@ -350,7 +344,7 @@ async def test_a_socket_dropped_before_audio_is_retried(standin: ElevenLabsStand
     async with eleven_tts(standin) as (tts, conn):
         speech = await speak(tts, conn, SHORT)
     assert speech.seconds == pytest.approx(standin.contexts()[-1].audio_seconds, abs=0.01)
-    await eventually(lambda: standin.of_kind("connect")[-1].outcome != "open")
+    await until(lambda: standin.of_kind("connect")[-1].outcome != "open", 2.0, "the stand-in")
     assert [c.outcome for c in standin.of_kind("connect")] == ["dropped", "completed"]
     assert [c.outcome for c in standin.of_kind("context")] == ["dropped", "completed"]
 
@@ -402,7 +396,7 @@ async def test_closing_a_stream_mid_reply_cancels_its_context(standin: ElevenLab
     async with eleven_tts(standin) as (tts, conn):
         await interrupt(tts, conn, long_reply)
         (context,) = standin.of_kind("context")
-        await eventually(lambda: context.outcome != "open")
+        await until(lambda: context.outcome != "open", 2.0, "the stand-in")
     assert context.outcome == "cancelled"
     assert {"context_id": context.body.context_id, "close_context": True} in [
         m.body for m in standin.of_kind("message")

@@ -16,10 +16,10 @@ from aiohttp import web
 from livekit.agents import APIConnectOptions, APIError, llm
 
 from tests.harness import end_call_tools, make_agent
+from worker.call.pipeline import load_vad
 from worker.config import AgentRegistry
-from worker.local_runtime import LocalRuntime
-from worker.pipeline import load_vad
-from worker.prompt_snapshots import snapshot_in_background, snapshot_prompts
+from worker.local.prompt_snapshots import snapshot_in_background, snapshot_prompts
+from worker.local.runtime import LocalRuntime
 from worker.providers import LOCAL_REPEAT_PENALTY, AnyLLM, build_providers, snapshot_name
 from worker.settings import VADSettings
 

@@ -15,7 +15,7 @@ from tests.standins.base import StandIn
 from tests.standins.deepgram import ClipMatcher, DeepgramStandIn, WhisperTranscriber
 from tests.standins.elevenlabs import ElevenLabsStandIn, HumVoice, PiperVoice
 from tests.standins.openai import OpenAIStandIn, Script, ToolCall
-from worker.pipeline import load_vad
+from worker.call.pipeline import load_vad
 from worker.settings import VADSettings
 
 

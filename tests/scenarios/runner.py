@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import numpy as np
 import yaml
@@ -24,13 +27,30 @@ from livekit import rtc
 from livekit.agents import vad
 from pydantic import BaseModel, ConfigDict, Field
 
-from tests.harness import CallHarness, Event, Recording, check_call_events, make_agent, wer
+from tests.fakes import rms
+from tests.harness import (
+    CallHarness,
+    Event,
+    Recording,
+    check_call_events,
+    make_agent,
+    read_ogg,
+    wer,
+)
+from tests.polling import until
 from tests.standins.base import Faults, StandIn
 from tests.standins.elevenlabs import ElevenLabsStandIn
 from tests.standins.mcp import McpStandIn
 from tests.standins.openai import OpenAIStandIn
 from tests.standins.tools import ToolServerStandIn
+from tests.standins.webhooks import SECRET as WEBHOOK_SECRET
+from tests.standins.webhooks import WebhookReceiver
 from worker.providers import build_providers
+from worker.records.report import RecordTarget
+from worker.records.signing import secret_key
+from worker.records.store import RecordStore
+from worker.records.webhook import WebhookSender
+from worker.settings import RecordingSettings
 
 HERE = Path(__file__).resolve().parent
 KEYS = {
@@ -142,6 +162,9 @@ class ToolRequest(_Strict):
 class Expect(_Strict):
     ended: str
     transcripts: list[Expected]
+    recorded: bool = False
+    """Record the call: the caller on the left channel where each utterance played, the agent on
+    the right, silent after each barge-in like the call's own audio."""
     tool_requests: list[ToolRequest] | None = None
     """Exactly the requests the tool server received, in order."""
     tool_events: list[dict[str, str]] | None = None
@@ -223,6 +246,10 @@ class Outcome:
     """Call times at which faults were turned on."""
     tool_server: ToolServerStandIn | None = None
     mcp_server: McpStandIn | None = None
+    record: dict[str, Any] | None = None
+    """The call's `call.ended` record as the backend's webhook receiver verified it."""
+    recording: tuple[np.ndarray, int] | None = None
+    """The recording's channels (caller, agent) and rate, read before its directory goes."""
 
 
 class ScenarioRunner:
@@ -276,6 +303,7 @@ class ScenarioRunner:
             self.stand_ins(scenario, recording) as stages,
             ToolServerStandIn(api_key=self.tool_key) as tools,
             McpStandIn() as crm,
+            _backend() as (records, receiver, directory),
         ):
             for name, value in (scenario.tool_server or ToolServer()).faults.items():
                 setattr(tools.faults, name, value)
@@ -284,8 +312,16 @@ class ScenarioRunner:
                 {"tool_server": tools.url, "mcp_server": crm.url},
             )
             agent = make_agent(**overrides)
-            outcome = await self._call(scenario, recording, agent, stages)
+            recordings = (
+                RecordingSettings(directory=directory) if scenario.expect.recorded else None
+            )
+            outcome = await self._call(scenario, recording, agent, stages, records, recordings)
             outcome.tool_server, outcome.mcp_server = tools, crm
+            record_id = f"{outcome.call.setup.call_id}.ended"
+            await until(lambda: record_id in receiver.accepted, 15, "the call's record")
+            outcome.record = receiver.accepted[record_id]
+            if described := outcome.record["recording"]:
+                outcome.recording = read_ogg(Path(urlparse(described["location"]).path))
             if scenario.expect.next_call:
                 for stage in stages.values():
                     for server in stage.servers:
@@ -294,11 +330,24 @@ class ScenarioRunner:
             return outcome
 
     async def _call(
-        self, scenario: Scenario, recording: Recording, agent: Any, stages: dict[str, Stage]
+        self,
+        scenario: Scenario,
+        recording: Recording,
+        agent: Any,
+        stages: dict[str, Stage],
+        records: RecordTarget,
+        recordings: RecordingSettings | None,
     ) -> Outcome:
         providers = build_providers(agent, self.keys)
         env = {**self.keys, "ACME_API_KEY": self.tool_key}
-        call = CallHarness(agent, vad_model=self.vad_model, providers=providers, env=env)
+        call = CallHarness(
+            agent,
+            vad_model=self.vad_model,
+            providers=providers,
+            env=env,
+            records=records,
+            recording=recordings,
+        )
         played: dict[str, tuple[float, float]] = {}
         fault_times: list[float] = []
         async with call:
@@ -372,6 +421,91 @@ class ScenarioRunner:
             assert call.agent_rms(0, call.now()) > LOUD, "the next call's greeting was heard"
 
 
+@contextlib.asynccontextmanager
+async def _backend() -> AsyncIterator[tuple[RecordTarget, WebhookReceiver, Path]]:
+    """The call's record path as a deployment has it: an outbox file, the main process's
+    sender, and the backend's receiver verifying the signatures."""
+    with tempfile.TemporaryDirectory() as directory:
+        store = RecordStore(Path(directory) / "webhooks.sqlite3")
+        async with WebhookReceiver() as receiver:
+            sender = WebhookSender(store, secret_key(WEBHOOK_SECRET), timeout=5.0, poll=0.05)
+            delivering = asyncio.create_task(sender.run())
+            target = RecordTarget(
+                url=receiver.url,
+                events=("call.started", "call.ended"),
+                retry_for=60.0,
+                outbox=store.path,
+                metadata_values=(),
+            )
+            try:
+                yield target, receiver, Path(directory)
+            finally:
+                delivering.cancel()
+                await asyncio.gather(delivering, return_exceptions=True)
+                store.close()
+
+
+def spoken_turns(events: list[Event]) -> list[dict[str, Any]]:
+    """The final transcripts as the caller's app puts them together (parts joined)."""
+    turns: list[dict[str, Any]] = []
+    for event in events:
+        if event["type"] != "transcript" or not event.get("final"):
+            continue
+        if event.get("part", 1) == 1:
+            turns.append(
+                {"role": event["role"], "text": "", "interrupted": event.get("interrupted")}
+            )
+        turns[-1]["text"] += event["text"]
+    return turns
+
+
+def _check_recording(outcome: Outcome, expect: Expect) -> None:
+    """The recording's two channels against what the call played and heard."""
+    assert outcome.record is not None
+    described = outcome.record["recording"]
+    assert described is not None, "the call was not recorded"
+    assert described["channels"] == ["caller", "agent"]
+    assert outcome.recording is not None
+    (caller, agent), rate = outcome.recording
+    call = outcome.call
+    began = dt.datetime.fromisoformat(described["started_at"]).timestamp()
+
+    def at(call_time: float) -> int:
+        """A call-clock time as a sample index of the recording."""
+        return int((call.wall_time(call_time) - began) * rate)
+
+    def loud(channel: np.ndarray, start: float, end: float) -> float:
+        return rms(channel[max(0, at(start)) : max(0, at(end))])
+
+    assert abs(len(caller) / rate - described["duration"]) < 1.5, "the recording's length"
+    for uid, (start, end) in outcome.played.items():
+        assert loud(caller, start + 0.2, end - 0.2) > LOUD, f"the caller's {uid}, left"
+    first = min(start for start, _ in outcome.played.values())
+    assert loud(caller, first - 2.0, first - 0.2) < LOUD, "the agent's voice is not on the left"
+    assert loud(agent, first - 2.0, first - 0.2) > LOUD, "the greeting, right"
+    for barge_in in expect.barge_ins:
+        start, _ = outcome.played[barge_in.utterance]
+        assert loud(agent, start - 1.0, start) > LOUD, "the agent talking, right"
+        after = start + barge_in.stops_within
+        assert loud(agent, after, after + 0.5) < LOUD, "the agent cut, right: as played"
+
+
+def _check_record(outcome: Outcome) -> None:
+    """The backend's record tells what the caller's app was told."""
+    record, call = outcome.record, outcome.call
+    assert record is not None
+    said = [{k: t[k] for k in ("role", "text", "interrupted")} for t in record["transcript"]]
+    assert said == spoken_turns(call.events)
+    assert record["end_reason"] == call.of_type("call_ended")[0]["reason"]
+    assert [(t["name"], t["status"]) for t in record["tool_calls"]] == [
+        (e["name"], e["status"]) for e in call.of_type("tool_call") if e["status"] != "started"
+    ]
+    assert record["agent"]["id"] == call.agent.id
+    assert record["duration"] == call.of_type("call_ended")[0]["duration"]
+    times = [t["at"] for t in record["transcript"]]
+    assert times == sorted(times)
+
+
 def _with_urls(value: Any, urls: dict[str, str]) -> Any:
     """`value` with `{tool_server}` and `{mcp_server}` in its strings replaced by their URLs."""
     if isinstance(value, str):
@@ -402,6 +536,9 @@ async def check(
     """Everything `expect` says, plus what every call must satisfy."""
     call, expect = outcome.call, scenario.expect
     check_call_events(call.events)
+    _check_record(outcome)
+    if expect.recorded:
+        _check_recording(outcome, expect)
     ended = call.of_type("call_ended")[0]
     assert ended["reason"] == expect.ended, f"ended with {ended['reason']}"
     finals = [e for e in call.events if e["type"] == "transcript" and e.get("final")]

@@ -72,10 +72,13 @@ async def run_and_collect(
 
 
 def assert_no_key_anywhere(outcome: Outcome, log: str, capfd: pytest.CaptureFixture[str]) -> None:
-    """No key in the client events, the logs, stdout or stderr (C libraries included)."""
+    """No key in the client events, the backend's call record, the logs, stdout or stderr (C
+    libraries included)."""
     out, err = capfd.readouterr()
+    assert outcome.record is not None, "the call's record reached the backend"
     captured = {
         "events": json.dumps(outcome.call.events),
+        "call record (webhook body)": json.dumps(outcome.record),
         "logs": log,
         "stdout": out,
         "stderr": err,

@@ -80,7 +80,7 @@ class StandIn:
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)  # a restart keeps its port
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)

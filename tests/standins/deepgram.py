@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from worker.local_runtime import default_threads
-from worker.local_stt import WHISPER_RATE, WhisperSTT, load_whisper
+from worker.local.runtime import default_threads
+from worker.local.stt import WHISPER_RATE, load_whisper, transcribe
 
 from .base import StandIn
 
@@ -94,7 +94,10 @@ class ClipMatcher:
     around the clip's start and around its end, so a segment cut slightly differently from the
     clip still matches, and so does one covering only its start (an interim) or only its end
     (speech after a `Finalize` or a reconnection): those get the words in proportion. A segment
-    that matches no clip well enough, or is much shorter than every clip (a cough), gets "".
+    that matches no clip as heard is tried again with the quiet frames of it and the clips left
+    out, so audio that stalled on the way (a loaded machine: the receiver's jitter buffer fills
+    the gap with silence) still matches. A segment that matches no clip well enough, or is much
+    shorter than every clip (a cough), gets "".
     """
 
     def __init__(
@@ -114,18 +117,33 @@ class ClipMatcher:
         self._floor_db = 20.0 * float(np.log10(speech_rms))
         self._max_lag = round(max_lag / HOP)
         self._clips = [(_trim(log_envelope(s, rate), self._floor_db), text) for s, text in clips]
+        self._voiced_clips = [(self._voiced(env), text) for env, text in self._clips]
         self._min_frames = min_length * min(len(env) for env, _ in self._clips)
         self.heard: list[tuple[float, float]] = []
         """(seconds of speech, best score) of each segment matched: why one was not."""
 
     def __call__(self, samples: np.ndarray) -> str:
         segment = _trim(log_envelope(samples, self.rate), self._floor_db)
-        n = len(segment)
-        if n < max(self._min_frames, FRAME / HOP):
+        if len(segment) < max(self._min_frames, FRAME / HOP):
             return ""
+        top, text = self._match(segment, self._clips)
+        if not text:
+            top_voiced, text = self._match(self._voiced(segment), self._voiced_clips)
+            top = max(top, top_voiced)
+        self.heard.append((round(len(segment) * HOP, 2), round(top, 3)))
+        return text
+
+    def _voiced(self, envelope: np.ndarray) -> np.ndarray:
+        return envelope[envelope >= self._floor_db]
+
+    def _match(
+        self, segment: np.ndarray, clips: Sequence[tuple[np.ndarray, str]]
+    ) -> tuple[float, str]:
+        """(best score, the words of the best clip the segment covers, or "")."""
+        n = len(segment)
         best_score, best_text, best_span = self.min_score, "", (0.0, 0.0)
         top = -1.0
-        for clip, text in self._clips:
+        for clip, text in clips:
             m = len(clip)
             lags = set(range(-self._max_lag, self._max_lag + 1))
             lags |= set(range(m - n - self._max_lag, m - n + self._max_lag + 1))
@@ -139,11 +157,10 @@ class ClipMatcher:
                 if score > best_score:
                     best_score, best_text = score, text
                     best_span = ((first + lag) / m, (last + lag) / m)
-        self.heard.append((round(n * HOP, 2), round(top, 3)))
         words = best_text.split()
         start = 0 if best_span[0] <= 0.1 else round(len(words) * best_span[0])
         end = len(words) if best_span[1] >= 0.9 else round(len(words) * best_span[1])
-        return " ".join(words[start:end])
+        return top, " ".join(words[start:end])
 
 
 class WhisperTranscriber:
@@ -155,15 +172,14 @@ class WhisperTranscriber:
     ) -> None:
         self.rate = rate
         self._language = language
-        model = load_whisper(None, threads=threads or default_threads())
-        self._stt = WhisperSTT(model, language=language)
+        self._model = load_whisper(None, threads=threads or default_threads())
 
     def __call__(self, samples: np.ndarray) -> str:
         audio = samples.astype(np.float32) / 32768.0
         if self.rate != WHISPER_RATE:
             at = np.linspace(0, len(audio) - 1, round(len(audio) * WHISPER_RATE / self.rate))
             audio = np.interp(at, np.arange(len(audio)), audio).astype(np.float32)
-        return self._stt.transcribe(audio, self._language)
+        return transcribe(self._model, audio, self._language)
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ class PiperVoice:
     where a VAD or a recognizer must hear the agent. Loading takes about a second."""
 
     def __init__(self, voice: str | None = None, *, speed: float = 1.0) -> None:
-        from worker.local_tts import load_piper
+        from worker.local.tts import load_piper
 
         self._voice = load_piper(voice, threads=1)
         self._rate = int(self._voice.config.sample_rate)
@@ -127,11 +127,10 @@ class PiperVoice:
         self._lock = threading.Lock()  # one synthesis at a time: contexts share two cores
 
     def __call__(self, text: str) -> Samples:
-        from piper.config import SynthesisConfig
+        from worker.local.tts import render
 
-        config = SynthesisConfig(length_scale=1.0 / self._speed)
         with self._lock:
-            chunks = [chunk.audio_int16_array for chunk in self._voice.synthesize(text, config)]
+            chunks = render(self._voice, text, self._speed)
         audio: Samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         return resample(audio, self._rate, VOICE_RATE)
 

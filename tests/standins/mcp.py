@@ -14,10 +14,15 @@ from mcp.server.mcpserver import MCPServer
 
 
 class McpStandIn:
-    def __init__(self) -> None:
+    """Acme's CRM by default; `server`: any other MCP server (the examples' spa system)."""
+
+    def __init__(self, server: MCPServer[Any] | None = None) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.latency = 0.0
-        server: MCPServer[Any] = MCPServer("acme-crm")
+        if server is not None:
+            self._serve(server)
+            return
+        server = MCPServer("acme-crm")
 
         @server.tool()
         async def lookup_customer(phone: str) -> str:
@@ -34,6 +39,9 @@ class McpStandIn:
             self.calls.append(("delete_account", {"customer_id": customer_id}))
             return "deleted"
 
+        self._serve(server)
+
+    def _serve(self, server: MCPServer[Any]) -> None:
         self._app = server.streamable_http_app()
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None

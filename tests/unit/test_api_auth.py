@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.api_auth import MIN_KEY_LEN, ApiKeyError, ApiKeys, RateLimiter, fingerprint
+from worker.api.auth import MIN_KEY_LEN, ApiKeyError, ApiKeys, RateLimiter, fingerprint
 from worker.logs import install_redaction
 from worker.settings import DEFAULT_AGENT_NAME, ApiSettings, SettingsError
 

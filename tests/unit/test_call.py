@@ -14,13 +14,13 @@ from livekit.protocol import models
 
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS
 from tests.harness import make_agent
-from worker.agent import VoiceAgent
-from worker.call import Caller, CallSetup, CallTransport, run_call
-from worker.pipeline import load_vad
+from worker.call.agent import VoiceAgent
+from worker.call.lifecycle import Caller, CallSetup, CallTransport, run_call
+from worker.call.pipeline import load_vad
 from worker.protocol import EndReason
 from worker.providers import Providers
-from worker.room import MAX_BITRATE, RoomTransport, agent_track_options
 from worker.settings import VADSettings
+from worker.transports.room import MAX_BITRATE, RoomTransport, agent_track_options
 
 
 class NobodyComes(CallTransport):

@@ -17,9 +17,9 @@ import pytest
 from livekit import api
 
 from tests.harness import check_call_events
+from worker.call.outbox import Outbox
 from worker.crash_guard import CrashGuard, DeadJob, ledger_path, read_ledger
 from worker.logs import ContextLogger
-from worker.outbox import Outbox
 from worker.protocol import TOPIC, EndReason, EventEncoder
 
 JOB = DeadJob(job_id="AJ_test", room="agent_a_u_1", agent_identity="agent-AJ_test", exit_code=-9)

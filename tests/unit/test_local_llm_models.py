@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import local_llm
-from worker.local_llm import (
+from worker.local import llm as local_llm
+from worker.local.llm import (
     LLM_NICE,
     MODEL_ENV,
     QWEN,
@@ -24,7 +24,7 @@ from worker.local_llm import (
     install_qwen,
     resolve_model,
 )
-from worker.model_files import LocalModelError, is_verified, mark_verified
+from worker.local.model_files import LocalModelError, is_verified, mark_verified
 
 
 def test_a_bundled_name_an_env_default_and_a_gguf_path_are_accepted(

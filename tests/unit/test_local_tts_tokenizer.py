@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker.local_tts import ClauseFirstTokenizer
+from worker.local.tts import ClauseFirstTokenizer
 
 
 async def pieces(text: str, **options: int) -> list[tuple[str, str]]:

@@ -6,8 +6,8 @@ import asyncio
 import json
 import logging
 
+from worker.call.outbox import INTERIM_MAX_CHARS, Outbox
 from worker.logs import ContextLogger
-from worker.outbox import INTERIM_MAX_CHARS, Outbox
 from worker.protocol import MAX_PACKET_BYTES, EndReason, EventEncoder
 
 

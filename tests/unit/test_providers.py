@@ -9,7 +9,7 @@ from livekit.plugins import deepgram, elevenlabs, openai
 from tests.fakes import FakeLLM
 from tests.harness import make_agent
 from worker.config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
-from worker.local_runtime import missing_packages
+from worker.local.runtime import missing_packages
 from worker.providers import (
     build_providers,
     check_registry,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from livekit import rtc
 from livekit.agents import JobContext, JobExecutorType, JobProcess, JobRequest
 from livekit.agents.job import JobAcceptArguments, RunningJobInfo
+from livekit.agents.utils import http_context
 from livekit.plugins import silero
 from livekit.protocol import agent as agent_proto
 from livekit.protocol import models
@@ -27,6 +30,8 @@ from worker.server import (
     notify_jobs_of_shutdown,
 )
 from worker.settings import SettingsError, WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 
@@ -180,7 +185,10 @@ def test_the_server_is_configured_from_settings_and_agents(worker: VoiceWorker) 
     assert server._preload_modules == ["worker.server"]
 
 
-def test_prewarm_loads_the_vad_once_per_process_and_guards_logs(worker: VoiceWorker) -> None:
+def test_prewarm_loads_the_vad_and_the_tls_context_once_per_process_and_guards_logs(
+    worker: VoiceWorker,
+) -> None:
+    http_context._ssl_context_for.cache_clear()
     proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
     root = logging.getLogger()
     handler = logging.NullHandler()
@@ -195,9 +203,35 @@ def test_prewarm_loads_the_vad_once_per_process_and_guards_logs(worker: VoiceWor
     assert local.whispers == {}, "cloud-only agents load no local model"
     assert local.voices == {}
     assert any(isinstance(f, SecretRedactor) for f in handler.filters)
+    # the TLS context of every job's HTTP session is built: not on the call's loop at the greeting
+    assert http_context._ssl_context_for.cache_info().currsize >= 1
 
 
 def test_a_drain_timeout_shorter_than_a_call_is_refused() -> None:
     registry = AgentRegistry([make_agent()])
     with pytest.raises(SettingsError, match="must be at least 1860s"):
         create_server(VoiceWorker(WorkerSettings(drain_timeout=100), registry))
+
+
+def test_prewarm_imports_the_mcp_client_only_for_agents_with_mcp_servers() -> None:
+    """A call's first MCP connect would otherwise import it on the call's loop (0.7 s)."""
+    script = """
+import sys
+from livekit.agents import JobExecutorType, JobProcess
+from tests.harness import make_agent
+from worker.config import AgentRegistry
+from worker.server import VoiceWorker
+from worker.settings import WorkerSettings
+mcp = {"kind": "mcp", "url": "http://127.0.0.1:9/mcp", "allow": ["lookup"]}
+tools = [mcp] if sys.argv[1] == "mcp" else None
+agent = make_agent(**({"tools": tools} if tools else {}))
+proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+VoiceWorker(WorkerSettings(), AgentRegistry([agent])).prewarm(proc)
+print("livekit.agents.llm.mcp" in sys.modules)
+"""
+    for kind, imported in (("mcp", "True"), ("none", "False")):
+        result = subprocess.run(
+            [sys.executable, "-c", script, kind],
+            capture_output=True, text=True, check=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert result.stdout.strip().splitlines()[-1] == imported, result.stderr[-2000:]

@@ -6,14 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import DEFAULT_AGENT_NAME, SettingsError, WorkerSettings
+from worker.settings import (
+    CALLS_PER_CPU,
+    DEFAULT_AGENT_NAME,
+    SettingsError,
+    WorkerSettings,
+    usable_cpus,
+)
 
 
 def test_defaults_need_no_environment() -> None:
     settings = WorkerSettings.from_env({})
     assert settings.agent_name == DEFAULT_AGENT_NAME
     assert settings.prompts_dir.name == "prompts"
-    assert settings.max_calls == 25
+    assert settings.max_calls == CALLS_PER_CPU * usable_cpus()
     assert settings.cpu_limit == 0.9
     assert settings.drain_timeout is None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.local_llm_client import SpokenReply
+from worker.local.llm_client import SpokenReply
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ from livekit.agents.voice.agent_activity import AgentActivity
 
 from tests.harness import make_agent
 from worker.config import AgentRegistry
-from worker.model_files import LocalModelError, mark_verified
+from worker.local.model_files import LocalModelError, mark_verified
 from worker.providers import resolve
 from worker.turns import detector as detector_module
 from worker.turns import smart_turn

@@ -26,11 +26,10 @@ from livekit.agents import RunContext, StopResponse, ToolError, function_tool, l
 from livekit.agents.voice.speech_handle import SpeechHandle
 
 from worker.config import AgentConfig
-
-from .failure import ToolFailedError
-from .http import HttpCall
-from .python import PythonCall, load_function
-from .spec import (
+from worker.tools.failure import ToolFailedError
+from worker.tools.http import HttpCall
+from worker.tools.python import PythonCall, load_function
+from worker.tools.spec import (
     EndCall,
     HttpTool,
     McpServer,
@@ -162,9 +161,8 @@ class CallTools:
                 raise
             except ToolError:
                 raise
-            except (
-                Exception
-            ) as exc:  # user code or a library: the type only (text may hold secrets)
+            # user code or a library: the type only (its text may hold secrets)
+            except Exception as exc:
                 logger.warning("tool %s raised %s", name, type(exc).__name__)
                 logger.debug("tool %s traceback", name, exc_info=True)
                 raise ToolError(f"{name} failed") from None

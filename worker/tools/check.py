@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .python import PythonToolError, load_function
-from .spec import HttpTool, McpServer, PythonTool, secrets, tool_name
+from worker.tools.python import PythonToolError, load_function
+from worker.tools.spec import HttpTool, McpServer, PythonTool, secrets, tool_name
 
 if TYPE_CHECKING:
     from worker.config import AgentRegistry

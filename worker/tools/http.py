@@ -20,10 +20,9 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from livekit.agents.utils import http_context
 
+from worker.tools.failure import ToolFailedError
+from worker.tools.spec import SECRET, HttpTool
 from worker.untrusted import UntrustedJSONError, loads_bounded
-
-from .failure import ToolFailedError
-from .spec import SECRET, HttpTool
 
 logger = logging.getLogger("worker.tools")
 

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .failure import ToolFailedError
-from .spec import PythonTool
+from worker.tools.failure import ToolFailedError
+from worker.tools.spec import PythonTool
 
 
 class PythonToolError(Exception):

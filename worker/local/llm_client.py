@@ -55,7 +55,7 @@ from livekit.agents import (
 from livekit.agents.llm import ChatContext, Tool, ToolChoice
 from livekit.agents.utils import is_given
 
-logger = logging.getLogger("worker.local_llm")
+logger = logging.getLogger("worker.local.llm")
 
 UNPARSED_TOOL_CALL = 500
 """llama.cpp's status for a model answer its tool-call parser rejects."""

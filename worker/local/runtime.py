@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from livekit.agents.vad import VAD
 
-from .config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
+from worker.config import AgentRegistry, LocalLLM, LocalSTT, LocalTTS
 
 if TYPE_CHECKING:
-    from faster_whisper import WhisperModel
-    from piper import PiperVoice
-
-    from .turns.detector import ModelRunner
+    from worker.local.stt import Transcriber
+    from worker.local.tts import Renderer
+    from worker.turns.detector import ModelRunner
 
 logger = logging.getLogger("worker.local")
 
@@ -57,36 +56,44 @@ class LocalRuntime:
     vad: VAD
     llm_url: str | None = None
     """The worker's local LLM server (…/v1), when some agent uses the local LLM."""
-    whispers: dict[str | None, WhisperModel] = field(default_factory=dict)
-    voices: dict[str | None, PiperVoice] = field(default_factory=dict)
+    whispers: dict[str | None, Transcriber] = field(default_factory=dict)
+    voices: dict[str | None, Renderer] = field(default_factory=dict)
     turn_runner: ModelRunner | None = None
     """The end-of-turn model, when some agent uses `smart_turn` (None: those end on silence)."""
 
     @classmethod
     def load(
-        cls, registry: AgentRegistry, *, vad_model: VAD, llm_url: str | None, warm: bool = True
+        cls,
+        registry: AgentRegistry,
+        *,
+        vad_model: VAD,
+        llm_url: str | None,
+        warm: bool = True,
+        shared: bool = False,
     ) -> LocalRuntime:
         """Load every local model the agents use, the end-of-turn model included (blocking:
         call it in prewarm). `warm` runs each once, so a call's first turn does not pay for lazy
-        initialisation."""
-        from .local_stt import load_whisper
-        from .local_tts import load_piper
-
+        initialisation. `shared`: the worker's inference process holds Whisper and Piper
+        (`worker.local.shared.share_models`); this process only asks it."""
         runtime = cls(vad=vad_model, llm_url=llm_url)
-        threads = default_threads()
-        for stt_entry in local_entries(registry, LocalSTT):
-            if stt_entry.model not in runtime.whispers:
-                whisper = load_whisper(stt_entry.model, threads=threads)
-                if warm:
-                    silence = np.zeros(16000, dtype=np.float32)
-                    list(whisper.transcribe(silence, language="en", beam_size=1)[0])
-                runtime.whispers[stt_entry.model] = whisper
-        for tts_entry in local_entries(registry, LocalTTS):
-            if tts_entry.voice not in runtime.voices:
-                voice = load_piper(tts_entry.voice, threads=1)
-                if warm:
-                    list(voice.synthesize("Hello there."))
-                runtime.voices[tts_entry.voice] = voice
+        stt_models = dict.fromkeys(e.model for e in local_entries(registry, LocalSTT))
+        voices = dict.fromkeys(e.voice for e in local_entries(registry, LocalTTS))
+        if shared:
+            from worker.local.shared import SharedPiper, SharedWhisper
+
+            runtime.whispers = {name: SharedWhisper(name) for name in stt_models}
+            runtime.voices = {name: SharedPiper(name) for name in voices}
+        else:
+            from worker.local.stt import InProcessWhisper, load_whisper
+            from worker.local.tts import InProcessPiper, load_piper
+
+            runtime.whispers = {
+                name: InProcessWhisper(load_whisper(name, threads=default_threads(), warm=warm))
+                for name in stt_models
+            }
+            runtime.voices = {
+                name: InProcessPiper(load_piper(name, threads=1, warm=warm)) for name in voices
+            }
         detections = {agent.turn_taking.detection for agent in registry}
         if "smart_turn" in detections:
             runtime.turn_runner = load_turn_model(warm=warm)
@@ -100,9 +107,9 @@ class LocalRuntime:
 def load_turn_model(*, warm: bool) -> ModelRunner | None:
     """The Smart Turn model for this process, or None (logged) if it cannot be loaded: a call
     then ends turns on silence rather than failing."""
-    from .model_files import LocalModelError
-    from .turns.detector import ModelRunner
-    from .turns.smart_turn import RATE, SmartTurnModel, model_path
+    from worker.local.model_files import LocalModelError
+    from worker.turns.detector import ModelRunner
+    from worker.turns.smart_turn import RATE, SmartTurnModel, model_path
 
     try:
         model = SmartTurnModel(model_path(), threads=default_threads())

@@ -20,9 +20,9 @@ from livekit import rtc
 from livekit.agents import AgentSession, io
 from livekit.agents.voice.transcription import TranscriptSynchronizer
 
-from .agent import VoiceAgent
-from .call import Caller, CallTransport
-from .protocol import EndReason
+from worker.call.agent import VoiceAgent
+from worker.call.lifecycle import Caller, CallTransport
+from worker.protocol import EndReason
 
 FRAME_SECONDS = 0.02
 
@@ -31,10 +31,10 @@ class CallClock:
     """Seconds since the call's audio started; input and output share it."""
 
     def __init__(self) -> None:
-        self._t0 = time.monotonic()
+        self.start = time.monotonic()
 
     def now(self) -> float:
-        return time.monotonic() - self._t0
+        return time.monotonic() - self.start
 
 
 class PacedAudioInput(io.AudioInput):

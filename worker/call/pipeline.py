@@ -12,9 +12,9 @@ from typing import Any
 from livekit.agents import AgentSession, vad
 from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 
-from .config import AgentConfig
-from .providers import Providers
-from .settings import VADSettings
+from worker.config import AgentConfig
+from worker.providers import Providers
+from worker.settings import VADSettings
 
 
 def load_vad(settings: VADSettings) -> vad.VAD:

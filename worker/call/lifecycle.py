@@ -25,21 +25,24 @@ from livekit.agents.llm import ChatMessage
 from livekit.agents.voice import events as lk_events
 from livekit.agents.voice.speech_handle import SpeechHandle
 
-from .agent import VoiceAgent
-from .clips import clip_frames, load_clip
-from .config import AgentConfig
-from .crash_guard import CallLedger
-from .dispatch import with_call_limit
-from .logs import ContextLogger
-from .outbox import INTERIM_MAX_CHARS, Outbox
-from .pipeline import build_session
-from .placeholders import placeholder_values
-from .protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
-from .providers import Providers
-from .tools.calls import CallHooks, CallTools, ToolStatus
-from .tools.failure import ToolFailedError
-from .turns.call_turns import CallTurns
-from .turns.detector import ModelRunner
+from worker.call.agent import VoiceAgent
+from worker.call.clips import clip_frames, load_clip
+from worker.call.outbox import INTERIM_MAX_CHARS, Outbox
+from worker.call.pipeline import build_session
+from worker.config import AgentConfig
+from worker.crash_guard import CallLedger
+from worker.dispatch import with_call_limit
+from worker.logs import ContextLogger
+from worker.placeholders import parse_metadata, placeholder_values
+from worker.protocol import TOPIC, ControlError, EndReason, EventEncoder, parse_control
+from worker.providers import Providers
+from worker.records.recording import CallRecording
+from worker.records.report import CallRecorder, RecordTarget
+from worker.settings import RecordingSettings
+from worker.tools.calls import CallHooks, CallTools, ToolStatus
+from worker.tools.failure import ToolFailedError
+from worker.turns.call_turns import CallTurns
+from worker.turns.detector import ModelRunner
 
 logger = logging.getLogger("worker.call")
 
@@ -136,6 +139,12 @@ class CallSetup:
     """What the main process reads if this process dies mid-call (see `crash_guard`)."""
     env: Mapping[str, str] = field(default_factory=lambda: os.environ)
     """Where the tools' `${VAR}` secrets come from."""
+    room: str = ""
+    user_id: str | None = None
+    records: RecordTarget | None = None
+    """Where the call's record goes (`worker/records`); None: it is kept in memory only."""
+    recording: RecordingSettings | None = None
+    """Where the call's recording goes; None: the call is not recorded."""
 
 
 @dataclass
@@ -145,6 +154,8 @@ class CallResult:
     user_turns: int
     agent_turns: int
     interruptions: int
+    record: dict[str, Any] | None = None
+    """The call's `call.ended` record (`worker/records/report.py`)."""
 
 
 async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | None:
@@ -188,8 +199,17 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
         name: setup.agent.render(text, values)
         for name, text in setup.agent.messages.lines().items()
     }
+    recorder = CallRecorder(
+        setup.records,
+        call_id=setup.call_id,
+        agent=setup.agent,
+        room=setup.room,
+        user_id=setup.user_id,
+        metadata=parse_metadata(setup.metadata, where="dispatch metadata"),
+    )
     call = Call(
         setup,
+        recorder=recorder,
         session=session,
         transport=transport,
         caller=caller,
@@ -209,6 +229,7 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
             max_history=setup.agent.llm[0].max_history,
             warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
             turns=turns,
+            before_greeting=call.start_recording,
         )
         return await call.run(agent)
     finally:  # the session leaves its providers open: they hold connections and an LLM slot
@@ -237,6 +258,7 @@ class Call(CallListener):
         self,
         setup: CallSetup,
         *,
+        recorder: CallRecorder,
         session: AgentSession[Any],
         transport: CallTransport,
         caller: Caller,
@@ -245,6 +267,7 @@ class Call(CallListener):
         turns: CallTurns,
     ) -> None:
         self.setup = setup
+        self.recorder = recorder
         self.turns = turns
         self.session = session
         self.transport = transport
@@ -277,6 +300,7 @@ class Call(CallListener):
         self._interruptions = 0
         self._latencies: list[dict[str, float]] = []
         self.tools: CallTools | None = None
+        self._recording: CallRecording | None = None
         self._transferring = False
         self._asides: dict[str, str] = {}
         """Lines said outside the LLM's history (a tool's filler), by speech id: reported as
@@ -297,6 +321,7 @@ class Call(CallListener):
             self._started_at = time.monotonic()
             if self.setup.ledger is not None:
                 self.setup.ledger.session_started()
+            await self.recorder.started()
             self.log.info(
                 "call started",
                 extra={"caller": self.caller.identity, "transport": self.transport.label},
@@ -345,11 +370,39 @@ class Call(CallListener):
         self._outbox.put(lambda e: e.agent_state("idle"))
         self._outbox.put(lambda e: e.call_ended(duration, ending.reason))
         self._outbox.close()
-        result = CallResult(
-            ending.reason, duration, self._user_turns, self._agent_turns, self._interruptions
+        usage = self._usage()
+        recording = None
+        if self._recording is not None:
+            recording = await self._recording.finish(duration)
+        await self.recorder.ended(
+            reason=ending.reason.value,
+            duration=duration,
+            turns=self._latencies,
+            usage=usage,
+            recording=recording,
         )
-        self._log_summary(result, ending.detail)
+        result = CallResult(
+            ending.reason,
+            duration,
+            self._user_turns,
+            self._agent_turns,
+            self._interruptions,
+            record=self.recorder.body,
+        )
+        self._log_summary(result, ending.detail, usage)
         return result
+
+    async def start_recording(self) -> None:
+        """A recording that cannot start costs the call its recording, not the call."""
+        if self.setup.recording is None:
+            return
+        recording = CallRecording(self.setup.recording, self.setup.call_id, self.session)
+        try:
+            await recording.start()
+        except Exception as exc:
+            self.log.error("the call is not recorded: %s: %s", type(exc).__name__, exc)
+            return
+        self._recording = recording
 
     async def _say_goodbye(self, text: str, clip: Path | None) -> None:
         self._interrupt()
@@ -426,6 +479,7 @@ class Call(CallListener):
 
     def _report_tool(self, name: str, status: ToolStatus, seconds: float | None) -> None:
         self._outbox.put(lambda e: e.tool_call(name, status, seconds))
+        self.recorder.tool_call(name, status, seconds)
         self._update_idle_timer()
 
     # --- transport reports ----------------------------------------------------------------------
@@ -514,6 +568,7 @@ class Call(CallListener):
             if closing:
                 self.log.info("the caller said goodbye: the call ends after the reply")
             self._outbox.put(lambda e: e.transcript("user", item.text_content or "", final=True))
+            self.recorder.said("user", item.text_content or "")
             if self._end_after_turn is not None:
                 self._end_after_turn[1]()  # the LLM has already failed: the turn is reported
         elif item.role == "assistant" and item.metrics:
@@ -552,6 +607,7 @@ class Call(CallListener):
             self._outbox.put(
                 lambda e: e.transcript("agent", text, final=True, interrupted=interrupted)
             )
+            self.recorder.said("agent", text, interrupted=interrupted)
         tool_step = any(isinstance(item, llm.FunctionCall) for item in handle.chat_items)
         if (
             self._closing_since is not None
@@ -646,13 +702,16 @@ class Call(CallListener):
 
     # --- events out -----------------------------------------------------------------------------
 
-    def _log_summary(self, result: CallResult, detail: str) -> None:
-        usage: list[dict[str, Any]] = []
-        with contextlib.suppress(Exception):
-            usage = [
-                u.model_dump(exclude_defaults=True, exclude={"type"})
+    def _usage(self) -> list[dict[str, Any]]:
+        """What each model was used for in the call (LiveKit's usage, by provider and model)."""
+        with contextlib.suppress(Exception):  # the session's accounting must not end a call
+            return [
+                {"type": u.type, **u.model_dump(exclude_defaults=True)}
                 for u in self.session.usage.model_usage
             ]
+        return []
+
+    def _log_summary(self, result: CallResult, detail: str, usage: list[dict[str, Any]]) -> None:
         self.log.info(
             "call ended: %s after %.1fs (%d user turns, %d agent turns, %d interrupted)",
             result.reason.value,

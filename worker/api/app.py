@@ -16,22 +16,23 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.exceptions import HTTPException
 
-from .api_auth import ApiKeys, RateLimiter
-from .api_guard import RequestGuard
-from .config import MAX_CALL_SECONDS, MIN_CALL_SECONDS
-from .routing import (
+from worker.api.auth import ApiKeys, RateLimiter
+from worker.api.guard import RequestGuard
+from worker.api.page import SDK_FILE, CallPage, DemoPolicy
+from worker.api.sessions import Session, SessionError, SessionRequest, SessionService
+from worker.config import MAX_CALL_SECONDS, MIN_CALL_SECONDS, AgentConfig
+from worker.routing import (
     AGENT_ID_RE,
     MAX_AGENT_ID_LEN,
     MAX_USER_ID_LEN,
     ROOM_NAME_PATTERN,
     USER_ID_RE,
 )
-from .sessions import SessionError, SessionRequest, SessionService
 
 logger = logging.getLogger("worker.api")
 
@@ -43,14 +44,16 @@ class Error(BaseModel):
     detail: str
 
 
+AgentId = Annotated[
+    str, Field(min_length=1, max_length=MAX_AGENT_ID_LEN, pattern=f"^{AGENT_ID_RE.pattern}$")
+]
+
+
 class VoiceSessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agent_id: str = Field(
-        min_length=1,
-        max_length=MAX_AGENT_ID_LEN,
-        pattern=f"^{AGENT_ID_RE.pattern}$",
-        description="The agent's id, or a unique prefix of 8 or more characters.",
+    agent_id: AgentId = Field(
+        description="The agent's id, or a unique prefix of 8 or more characters."
     )
     user_id: str | None = Field(
         default=None,
@@ -70,6 +73,19 @@ class VoiceSessionRequest(BaseModel):
         le=MAX_CALL_SECONDS,
         description="Seconds the call may last, at most the agent's own limit (else 400).",
     )
+    recording: StrictBool | None = Field(
+        default=None,
+        description="Record this call (true) or not (false); absent: the agent's default. "
+        "400 for an agent whose file forbids choosing (`recording.per_session: false`).",
+    )
+
+
+class DemoSessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: AgentId = Field(
+        description="One of the agents `WORKER_DEMO_AGENTS` offers (their full ids)."
+    )
 
 
 class VoiceSession(BaseModel):
@@ -88,12 +104,40 @@ class AgentInfo(BaseModel):
     language: str
     placeholders: list[str] = Field(description="Context keys the agent uses.")
     max_duration: int = Field(description="The agent's call limit in seconds.")
+    recording: bool = Field(description="Whether its calls are recorded by default.")
+    recording_per_session: bool = Field(
+        description="Whether a session may choose `recording` (else 400)."
+    )
 
 
 class Health(BaseModel):
     status: str
 
 
+def _agent_info(agent: AgentConfig) -> AgentInfo:
+    return AgentInfo(
+        id=agent.id,
+        name=agent.name,
+        language=agent.language,
+        placeholders=sorted(agent.placeholders),
+        max_duration=agent.limits.max_duration,
+        recording=agent.recording.enabled,
+        recording_per_session=agent.recording.per_session,
+    )
+
+
+CREATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "An invalid body."},
+    503: {"model": Error, "description": "LiveKit unreachable or no worker available."},
+}
+DEMO_OWNER = "demo"
+"""The owner of demo sessions: no API key's fingerprint, so no key can end them."""
+DEMO_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": Error, "description": "Not from the call page on this site."},
+    404: {"model": Error, "description": "Demo mode is off, or the agent is not offered."},
+    413: {"model": Error, "description": "A request body over 8 KB."},
+    429: {"model": Error, "description": "Too many demo calls from this address, or in all."},
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Error, "description": "No API key, or an unknown one."},
     413: {"model": Error, "description": "A request body over 8 KB."},
@@ -102,7 +146,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastAPI:
-    """The API over `service`; `keys` admit callers, each key limited to `rate_limit`/minute."""
+    """The API over `service`; `keys` admit callers, each key limited to `rate_limit`/minute.
+    The call page is at `/`, its demo mode at `/demo/*` (`page.py`)."""
     limiter = RateLimiter(rate_limit)
 
     @asynccontextmanager
@@ -154,9 +199,8 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
         status_code=201,
         responses={
             **ERRORS,
-            400: {"model": Error, "description": "An invalid body."},
+            **CREATE_ERRORS,
             404: {"model": Error, "description": "No such agent."},
-            503: {"model": Error, "description": "LiveKit unreachable or no worker available."},
         },
     )
     async def create_session(
@@ -169,19 +213,12 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
                 user_id=body.user_id,
                 context=body.context,
                 max_duration=body.max_duration,
+                recording=body.recording,
             ),
             owner=key,
         )
         logger.info("%s started session %s", key, session.session_id)
-        return VoiceSession(
-            session_id=session.session_id,
-            room_name=session.room_name,
-            token=session.token,
-            livekit_url=session.livekit_url,
-            agent_id=session.agent.id,
-            agent_name=session.agent.name,
-            expires_at=session.expires_at,
-        )
+        return _voice_session(session)
 
     @app.delete(
         "/v1/voice-sessions/{room_name}",
@@ -207,16 +244,7 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
     @app.get("/v1/agents", responses=ERRORS)
     async def list_agents(_: Annotated[str, Depends(authorized)]) -> list[AgentInfo]:
         """The agents sessions can be started with (public fields only)."""
-        return [
-            AgentInfo(
-                id=agent.id,
-                name=agent.name,
-                language=agent.language,
-                placeholders=sorted(agent.placeholders),
-                max_duration=agent.limits.max_duration,
-            )
-            for agent in service.registry
-        ]
+        return [_agent_info(agent) for agent in service.registry]
 
     @app.get("/healthz", responses={503: {"model": Error, "description": "LiveKit unreachable."}})
     async def healthz() -> Health:
@@ -237,8 +265,68 @@ def create_app(service: SessionService, keys: ApiKeys, rate_limit: int) -> FastA
         logger.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
+    _add_call_page(app, service)
     app.openapi_schema = _without_422(app)
     return app
+
+
+def _add_call_page(app: FastAPI, service: SessionService) -> None:
+    """`/`, the page's SDK and demo mode's `/demo/*` (`page.py`)."""
+    page = CallPage.load(service.settings.public_url)
+    demo = DemoPolicy(service.settings.demo)
+
+    @app.get("/", include_in_schema=False)
+    async def call_page() -> Response:
+        return Response(page.html, media_type="text/html; charset=utf-8", headers=page.headers)
+
+    @app.get(f"/{SDK_FILE}", include_in_schema=False)
+    async def call_page_sdk() -> Response:
+        if page.sdk is None:
+            return JSONResponse({"detail": "the page's SDK is not installed (setup.sh)"}, 503)
+        return FileResponse(
+            page.sdk,
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+        )
+
+    @app.get("/demo/agents", responses=DEMO_ERRORS)
+    async def demo_agents() -> list[AgentInfo]:
+        """The agents the call page offers in demo mode (no key; 404 when demo mode is off)."""
+        demo.check_enabled()
+        return [_agent_info(service.agent(agent_id)) for agent_id in demo.settings.agents]
+
+    @app.post(
+        "/demo/sessions",
+        status_code=201,
+        responses={**DEMO_ERRORS, **CREATE_ERRORS},
+    )
+    async def demo_session(body: DemoSessionRequest, request: Request) -> VoiceSession:
+        """A session for the call page in demo mode: no key, same-origin only, rate limited per
+        client address and in all, `WORKER_DEMO_MAX_DURATION` long at most."""
+        client = _client(request)
+        demo.admit(body.agent_id, client, request.headers)
+        agent = service.agent(body.agent_id)
+        session = await service.create(
+            SessionRequest(
+                agent_id=agent.id,
+                max_duration=min(demo.settings.max_duration, agent.limits.max_duration),
+            ),
+            owner=DEMO_OWNER,
+        )
+        logger.info("demo session %s for %s", session.session_id, client)
+        return _voice_session(session)
+
+
+def _voice_session(session: Session) -> VoiceSession:
+    return VoiceSession(
+        session_id=session.session_id,
+        room_name=session.room_name,
+        token=session.token,
+        livekit_url=session.livekit_url,
+        agent_id=session.agent.id,
+        agent_name=session.agent.name,
+        expires_at=session.expires_at,
+    )
 
 
 def _describe(exc: RequestValidationError) -> str:

@@ -18,7 +18,7 @@ from livekit import rtc
 from livekit.agents import tts
 from livekit.agents.utils import http_context
 
-from .audio_files import Audio, read_wav
+from worker.audio_files import Audio, read_wav
 
 CLIP_RATE = 24000
 """The room output rate: clips are resampled to it once, when loaded."""
