@@ -253,8 +253,7 @@ class Caller:
         """The server took the caller out of the room (a transfer does)."""
         self.keys: list[str] = []
         """DTMF digits the agent pressed, in order."""
-        self.levels: list[tuple[float, float]] = []
-        """(monotonic time, RMS) of each 10 ms frame of the agent's audio."""
+        self._streams: list[_Playout] = []
         self._source = rtc.AudioSource(RATE, 1)
         self._pending: list[Samples] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -309,6 +308,11 @@ class Caller:
     def spoke_since(self, since: float, seconds: float = 0.3) -> bool:
         """Whether the agent's audio was at speech level for `seconds` in all after `since`."""
         return self.speech_between(since, math.inf) >= seconds
+
+    @property
+    def levels(self) -> list[tuple[float, float]]:
+        """(monotonic time, RMS) of each 10 ms frame of the agent's audio, on its playout clock."""
+        return [level for stream in self._streams for level in stream.levels()]
 
     def speech_between(self, start: float, end: float) -> float:
         """Seconds of the agent's audio at speech level between two monotonic times."""
@@ -371,17 +375,37 @@ class Caller:
 
     async def _listen(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=CHUNK_MS)
+        playout = _Playout()
+        self._streams.append(playout)
         try:
             async for event in stream:
-                now = time.monotonic()
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
                 frames = pcm[: pcm.size // FRAME * FRAME].reshape(-1, FRAME)
-                rms = np.sqrt(np.mean(frames**2, axis=1))
-                # the chunk's last 10 ms frame arrived now, the earlier ones before it
-                for i, level in enumerate(rms):
-                    self.levels.append((now - (len(rms) - 1 - i) / 100, float(level)))
+                playout.add(time.monotonic(), np.sqrt(np.mean(frames**2, axis=1)))
         finally:
             await stream.aclose()
+
+
+class _Playout:
+    """One received track's 10 ms levels, timed by the stream's own clock.
+
+    The stream yields a frame every 10 ms of audio, silence included, so frame `k` plays at
+    `anchor + k / 100`, where the anchor is the earliest any frame could have been played. Frames
+    the caller's event loop read late, in a burst after a stall of this loaded machine, keep the
+    time they were played at instead of the time they were read.
+    """
+
+    def __init__(self) -> None:
+        self._rms: list[float] = []
+        self._anchor = math.inf
+
+    def add(self, read_at: float, rms: npt.NDArray[np.float64]) -> None:
+        """A chunk of frames whose last one was read at `read_at`."""
+        self._rms.extend(float(level) for level in rms)
+        self._anchor = min(self._anchor, read_at - (len(self._rms) - 1) / 100)
+
+    def levels(self) -> list[tuple[float, float]]:
+        return [(self._anchor + k / 100, level) for k, level in enumerate(self._rms)]
 
 
 def _is_agent(participant: rtc.RemoteParticipant) -> bool:
