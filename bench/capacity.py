@@ -226,16 +226,21 @@ def spread(values: Iterable[float | None]) -> dict[str, float] | None:
 
 async def run_step(
     lk: LiveKitFixture,
-    index: int,
+    index: int | str,
     n: int,
     log_dir: Path,
     *,
     worker_cpus: set[int],
     harness_cpus: set[int],
+    greetings: str,
 ) -> dict[str, Any]:
     recording = Recording.load("barge_in")
     replies = [("return policy", LONG_ANSWER), ("address", ADDRESS_ANSWER)]
-    settings = {"WORKER_MAX_CALLS": str(n + 1), "WORKER_IDLE_PROCESSES": str(n)}
+    settings = {
+        "WORKER_MAX_CALLS": str(n + 1),
+        "WORKER_IDLE_PROCESSES": str(n),
+        "WORKER_GREETING_CACHE": greetings,
+    }
     step_dir = log_dir / f"step{index}-n{n}"
     step_dir.mkdir(parents=True, exist_ok=True)
     harness = psutil.Process()
@@ -319,22 +324,41 @@ def first_limit(steps: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 async def run(
-    ramp: Sequence[int], log_dir: Path, worker_cpus: set[int], harness_cpus: set[int]
+    ramp: Sequence[int],
+    log_dir: Path,
+    worker_cpus: set[int],
+    harness_cpus: set[int],
+    cached_greetings: bool = True,
 ) -> dict[str, Any]:
+    """The ramp; with `cached_greetings`, every step's worker shares one greeting cache, filled
+    by an unreported call first (a worker's steady state), else each call renders its own."""
     os.sched_setaffinity(0, harness_cpus)
     steps = []
+    greetings = str(log_dir / "greetings") if cached_greetings else "off"
+    plan: list[tuple[int | str, int]] = [*enumerate(ramp)]
+    if cached_greetings:
+        plan.insert(0, ("warm-up", 1))
     with (log_dir / "driver.out").open("w") as out, contextlib.redirect_stdout(out):
-        for index, n in enumerate(ramp):
+        for index, n in plan:
             async with running_server() as lk:
                 step = await run_step(
-                    lk, index, n, log_dir, worker_cpus=worker_cpus, harness_cpus=harness_cpus
+                    lk,
+                    index,
+                    n,
+                    log_dir,
+                    worker_cpus=worker_cpus,
+                    harness_cpus=harness_cpus,
+                    greetings=greetings,
                 )
+            if index == "warm-up":
+                continue
             steps.append(step)
             print(json.dumps(step), file=sys.stderr)
             if step["failed"] and len(step["failed"]) == n:
                 break  # every call failed: larger steps would too
     return {
         "machine": {"cpus": os.cpu_count(), "worker_cpus": sorted(worker_cpus)},
+        "greetings": "cached" if cached_greetings else "rendered",
         "harness_cpus": sorted(harness_cpus),
         "steps": steps,
         "first_limit": first_limit(steps),
@@ -352,6 +376,12 @@ def main() -> None:
     parser.add_argument("--worker-cpus", type=cpus, default={0})
     parser.add_argument("--harness-cpus", type=cpus, default=None, help="default: the others")
     parser.add_argument("--log-dir", type=Path, default=None)
+    parser.add_argument(
+        "--greetings",
+        choices=["cached", "rendered"],
+        default="cached",
+        help="cached: the worker's greeting cache, filled first (the default); rendered: off",
+    )
     args = parser.parse_args()
     if not in_test_namespace():
         sys.exit(
@@ -363,7 +393,9 @@ def main() -> None:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="capacity-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     ramp = [int(n) for n in args.calls.split(",")]
-    result = asyncio.run(run(ramp, log_dir, args.worker_cpus, harness_cpus))
+    result = asyncio.run(
+        run(ramp, log_dir, args.worker_cpus, harness_cpus, args.greetings == "cached")
+    )
     print(json.dumps(result, indent=2))
 
 

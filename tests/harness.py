@@ -26,6 +26,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 
 import worker
 from tests.fakes import FakeLLM, FakeSTT, FakeTTS, rms
+from worker.call.greetings import GreetingCache
 from worker.call.lifecycle import CallResult, CallSetup, run_call
 from worker.config import AgentConfig
 from worker.local.runtime import load_turn_model
@@ -138,9 +139,11 @@ class CallHarness:
         env: Mapping[str, str] | None = None,
         records: RecordTarget | None = None,
         recording: RecordingSettings | None = None,
+        greetings: GreetingCache | None = None,
     ) -> None:
         """`env`: where the agent's tools find their `${VAR}` secrets (default: none);
-        `records`: where the call's record goes (default: kept in memory only)."""
+        `records`: where the call's record goes (default: kept in memory only); `greetings`:
+        the greeting cache (default: none, every call renders its greeting)."""
         self.agent = agent
         self.clock = CallClock()
         self.audio_in = PacedAudioInput(self.clock)
@@ -166,6 +169,7 @@ class CallHarness:
             user_id="user1",
             records=records,
             recording=recording,
+            greetings=greetings,
         )
         self._wall_offset = time.time() - time.monotonic()
         self._task: asyncio.Task[CallResult | None] | None = None
@@ -260,6 +264,7 @@ class FakeCallHarness(CallHarness):
         metadata: str = "",
         shutdown: asyncio.Event | None = None,
         turn_runner: ModelRunner | None = None,
+        greetings: GreetingCache | None = None,
     ) -> None:
         self.stt, self.llm, self.tts = stt, llm, tts
         quick = APIConnectOptions(max_retry=0, timeout=5)
@@ -278,6 +283,7 @@ class FakeCallHarness(CallHarness):
             metadata=metadata,
             shutdown=shutdown,
             turn_runner=turn_runner,
+            greetings=greetings,
         )
 
     async def say(self, recording: Recording, uid: str) -> list[tuple[float, float]]:

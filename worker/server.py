@@ -22,6 +22,7 @@ from livekit.agents.types import NOT_GIVEN
 from livekit.agents.utils import http_context
 from livekit.agents.worker import ServerEnvOption, _DefaultLoadCalc
 
+from worker.call.greetings import GreetingCache
 from worker.call.lifecycle import GOODBYE_TIMEOUT, CallSetup, run_call
 from worker.call.pipeline import load_vad
 from worker.config import AgentConfig, AgentRegistry
@@ -159,6 +160,7 @@ class VoiceWorker:
             user_id=room.user_id if room else None,
             records=record_target(agent, self.settings.webhook),
             recording=self.settings.recordings if recording_wanted(agent, metadata) else None,
+            greetings=GreetingCache(g) if (g := self.settings.greetings) is not None else None,
         )
         await run_call(setup, transport)
 
@@ -304,20 +306,29 @@ def check_recordings(worker: VoiceWorker) -> None:
     if not any(a.recording.enabled or a.recording.per_session for a in worker.registry):
         return
     settings = worker.settings.recordings
-    try:
-        settings.directory.mkdir(parents=True, exist_ok=True)
-        probe = settings.directory / ".writable"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SettingsError(
-            f"WORKER_RECORDINGS_DIR: {settings.directory} cannot be written"
-            f" ({type(exc).__name__}: {exc})"
-        ) from None
+    _check_writable(settings.directory, "WORKER_RECORDINGS_DIR")
     if settings.bucket is not None and importlib.util.find_spec("boto3") is None:
         raise SettingsError(
             "WORKER_RECORDINGS_S3_BUCKET needs boto3: pip install 'livekit-voice-worker[s3]'"
         )
+
+
+def check_greetings(worker: VoiceWorker) -> None:
+    """The greeting cache's directory must be writable, or turned off, before any call."""
+    if worker.settings.greetings is not None:
+        _check_writable(worker.settings.greetings, "WORKER_GREETING_CACHE (a directory, or off)")
+
+
+def _check_writable(directory: Path, variable: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            f"{variable}: {directory} cannot be written ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def create_server(worker: VoiceWorker) -> VoiceAgentServer:
@@ -345,6 +356,7 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
     server.crash_guard = CrashGuard(on_dead_call=functools.partial(record_dead_call, worker))
     server.webhooks = webhook_sender(worker)
     check_recordings(worker)
+    check_greetings(worker)
     worker.calls_dir = server.crash_guard.directory
     # LiveKit sets up the main process's log handlers when it starts: guard them then
     server.on("worker_started", install_redaction)

@@ -116,6 +116,9 @@ class WorkerSettings:
     vad: VADSettings = field(default_factory=VADSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     recordings: RecordingSettings = field(default_factory=RecordingSettings)
+    greetings: Path | None = DEFAULT_DATA_DIR / "greetings"
+    """`WORKER_GREETING_CACHE`: where each agent's rendered greeting is kept (`call/greetings.py`);
+    None (`off`): every call renders its own."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -146,6 +149,7 @@ class WorkerSettings:
             ),
             webhook=(webhook := _webhook(env, reader)),
             recordings=_recordings(env, webhook.data_dir),
+            greetings=_greetings(env, webhook.data_dir),
         )
 
     def resolved_drain_timeout(self, longest_call: int) -> int:
@@ -294,6 +298,13 @@ def _recordings(env: Mapping[str, str], data_dir: Path) -> RecordingSettings:
         prefix=env.get("WORKER_RECORDINGS_S3_PREFIX", ""),
         endpoint_url=endpoint,
     )
+
+
+def _greetings(env: Mapping[str, str], data_dir: Path) -> Path | None:
+    value = env.get("WORKER_GREETING_CACHE", "").strip()
+    if value.lower() == "off":
+        return None
+    return Path(value).expanduser() if value else data_dir / "greetings"
 
 
 class _Reader:

@@ -151,6 +151,7 @@ async def voice_worker(
         "WORKER_IDLE_PROCESSES": "1",
         "WORKER_CPU_LIMIT": "off",  # a busy test machine must not make it decline calls
         "WORKER_HEALTH_PORT": "0",
+        "WORKER_DATA_DIR": str(log_dir / "data"),  # the outbox and the greetings: this test's
     }
     environment.pop("LIVEKIT_AGENT_NAME", None)
     for name, value in env.items():

@@ -18,10 +18,18 @@ async def test_one_capacity_step_measures_a_whole_call(
     livekit_server: LiveKitFixture, tmp_path: Path
 ) -> None:
     everywhere = os.sched_getaffinity(0)  # nothing pinned: this test shares its machine
+    greetings = tmp_path / "greetings"
     step = await run_step(
-        livekit_server, 0, 1, tmp_path, worker_cpus=everywhere, harness_cpus=everywhere
+        livekit_server,
+        0,
+        1,
+        tmp_path,
+        worker_cpus=everywhere,
+        harness_cpus=everywhere,
+        greetings=str(greetings),
     )
     assert step["failed"] == []
+    assert len(list(greetings.glob("*.wav"))) == 1, "the call's greeting is kept for the next"
     for measured in ("greeting_s", "answer_s", "barge_in_s"):
         assert step[measured] is not None, measured
         assert 0 < step[measured]["p50"] <= step[measured]["max"]

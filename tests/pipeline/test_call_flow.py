@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from tests.harness import (
     is_type,
     make_agent,
 )
+from worker.call.greetings import GreetingCache
 from worker.protocol import EndReason
 
 ANSWER = "Of course. Your order shipped yesterday and should arrive on Friday."
@@ -27,6 +29,7 @@ LONG_ANSWER = (
     "Let me look that up for you. I can see your order was packed this morning, it left our "
     "warehouse at noon, and the courier expects to deliver it tomorrow before six in the evening."
 )
+GREETING = "Hello, this is the test agent."
 SILENT = 100.0  # rms below which the agent counts as silent
 LOUD = 1000.0
 
@@ -113,6 +116,28 @@ async def test_greets_first_then_answers_what_the_caller_asked(
     assert greeting_latency["tts_node_ttfb"] >= call.tts.ttfb
     assert 0 < latency["e2e_latency"] < 3, "per-turn latency from ChatMessage.metrics"
     assert latency["llm_node_ttft"] >= call.llm.ttft
+
+
+async def test_the_next_call_plays_the_greeting_the_first_rendered(
+    vad_model: vad.VAD, caller: Recording, tmp_path: Path
+) -> None:
+    cache = GreetingCache(tmp_path)
+    async with harness(vad_model, [], greetings=cache) as first:
+        await first.wait_event(is_type("transcript", role="agent", final=True))
+    assert first.tts.texts == [GREETING]
+    async with harness(vad_model, [caller.text("question")], greetings=cache) as second:
+        greeting = await second.wait_event(is_type("transcript", role="agent", final=True))
+        assert greeting == {**greeting, "text": GREETING, "interrupted": False}
+        assert second.agent_rms(0.2, 1.2) > LOUD, "the kept greeting is heard"
+        assert second.tts.texts == [], "no TTS request for it"
+        await second.play(caller.clip("question"))
+        user = await second.wait_event(is_type("transcript", role="user", final=True))
+        reply = await second.wait_event(
+            is_type("transcript", role="agent", final=True), after=second.events.index(user)
+        )
+        assert reply["text"] == ANSWER
+    assert second.tts.texts == [ANSWER], "the answers still go to the TTS"
+    check_call_events(second.events)
 
 
 async def test_a_local_llm_reads_the_prompt_and_greeting_before_the_first_question(

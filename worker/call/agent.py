@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
 from livekit.agents import (
+    NOT_GIVEN,
     Agent,
     APIConnectOptions,
     FlushSentinel,
@@ -18,6 +19,10 @@ from livekit.agents import (
     llm,
     stt,
 )
+
+from worker.audio_files import Audio
+from worker.call.clips import clip_frames
+from worker.call.greetings import GreetingCapture
 
 if TYPE_CHECKING:
     from worker.turns.call_turns import CallTurns
@@ -65,10 +70,14 @@ class VoiceAgent(Agent):
         warm_prompt: bool = False,
         turns: CallTurns | None = None,
         before_greeting: Callable[[], Awaitable[None]] | None = None,
+        greeting_audio: Audio | None = None,
+        greeting_capture: GreetingCapture | None = None,
     ) -> None:
         """`tool_error`: said when the LLM answers a failed tool with nothing;
         `before_greeting`: run once the session's audio is set up, before the first word (the
-        call's recording starts there, so it has the greeting)."""
+        call's recording starts there, so it has the greeting); `greeting_audio`: the greeting
+        as the agent's voice rendered it before (`greetings.py`), played instead of the TTS;
+        `greeting_capture`: otherwise, what keeps this call's rendering for the next calls."""
         super().__init__(instructions=instructions, tools=list(tools))
         self._turns = turns
         self._greeting = greeting
@@ -78,11 +87,18 @@ class VoiceAgent(Agent):
         self._warm_prompt = warm_prompt
         self._warming: asyncio.Task[None] | None = None
         self._before_greeting = before_greeting
+        self._greeting_audio = greeting_audio
+        self._greeting_capture = greeting_capture
 
     async def on_enter(self) -> None:
         if self._before_greeting is not None:
             await self._before_greeting()
-        self.session.say(self._greeting, allow_interruptions=self._greeting_interruptible)
+        audio = self._greeting_audio
+        self.session.say(
+            self._greeting,
+            audio=clip_frames(audio) if audio is not None else NOT_GIVEN,
+            allow_interruptions=self._greeting_interruptible,
+        )
         if self._warm_prompt and isinstance(self.session.llm, llm.LLM):
             self._warming = asyncio.create_task(self._read_instructions(self.session.llm))
 
@@ -104,6 +120,20 @@ class VoiceAgent(Agent):
         if self._turns is None:
             return Agent.default.stt_node(self, audio, model_settings)
         return self._turns.stt_node(self, audio, model_settings)
+
+    def tts_node(
+        self, text: AsyncIterable[str], model_settings: ModelSettings
+    ) -> (
+        AsyncIterable[rtc.AudioFrame]
+        | Coroutine[Any, Any, AsyncIterable[rtc.AudioFrame]]
+        | Coroutine[Any, Any, None]
+    ):
+        """The default TTS step; its first rendering is kept for the next calls when it is the
+        greeting (`greeting_capture`)."""
+        capture, self._greeting_capture = self._greeting_capture, None
+        if capture is None:
+            return Agent.default.tts_node(self, text, model_settings)
+        return capture.tee(Agent.default.tts_node(self, capture.read(text), model_settings))
 
     def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings

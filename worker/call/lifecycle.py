@@ -27,6 +27,7 @@ from livekit.agents.voice.speech_handle import SpeechHandle
 
 from worker.call.agent import VoiceAgent
 from worker.call.clips import clip_frames, load_clip
+from worker.call.greetings import GreetingCache
 from worker.call.outbox import INTERIM_MAX_CHARS, Outbox
 from worker.call.pipeline import build_session
 from worker.config import AgentConfig
@@ -145,6 +146,8 @@ class CallSetup:
     """Where the call's record goes (`worker/records`); None: it is kept in memory only."""
     recording: RecordingSettings | None = None
     """Where the call's recording goes; None: the call is not recorded."""
+    greetings: GreetingCache | None = None
+    """Where rendered greetings are kept for the next calls; None: each call renders its own."""
 
 
 @dataclass
@@ -219,10 +222,14 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     )
     tools.hooks = call.tool_hooks()
     call.tools = tools
+    greeting = setup.agent.render(setup.agent.greeting, values)
+    cached, capture = (None, None)
+    if setup.greetings is not None:
+        cached, capture = setup.greetings.for_call(setup.agent, greeting, setup.providers.tts)
     try:
         agent = VoiceAgent(
             instructions=setup.agent.render(setup.agent.instructions, values),
-            greeting=setup.agent.render(setup.agent.greeting, values),
+            greeting=greeting,
             greeting_interruptible=setup.agent.turn_taking.greeting_interruptible,
             tools=await building,
             tool_error=lines["tool_error"],
@@ -230,6 +237,8 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
             warm_prompt=getattr(setup.agent.llm[0], "warm_prompt", False),
             turns=turns,
             before_greeting=call.start_recording,
+            greeting_audio=cached,
+            greeting_capture=capture,
         )
         return await call.run(agent)
     finally:  # the session leaves its providers open: they hold connections and an LLM slot
