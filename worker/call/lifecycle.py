@@ -226,6 +226,8 @@ async def run_call(setup: CallSetup, transport: CallTransport) -> CallResult | N
     cached, capture = (None, None)
     if setup.greetings is not None:
         cached, capture = setup.greetings.for_call(setup.agent, greeting, setup.providers.tts)
+        if cached is not None:
+            log.info("greeting played from the cache (%.1f s of audio)", cached.duration)
     try:
         agent = VoiceAgent(
             instructions=setup.agent.render(setup.agent.instructions, values),
