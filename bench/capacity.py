@@ -233,12 +233,15 @@ async def run_step(
     worker_cpus: set[int],
     harness_cpus: set[int],
     greetings: str,
+    idle_processes: int | None = None,
 ) -> dict[str, Any]:
+    """One step of `n` calls; `idle_processes`: the worker's warm pool (default: `n`, so no call
+    waits for a process to start)."""
     recording = Recording.load("barge_in")
     replies = [("return policy", LONG_ANSWER), ("address", ADDRESS_ANSWER)]
     settings = {
         "WORKER_MAX_CALLS": str(n + 1),
-        "WORKER_IDLE_PROCESSES": str(n),
+        "WORKER_IDLE_PROCESSES": str(n if idle_processes is None else idle_processes),
         "WORKER_GREETING_CACHE": greetings,
     }
     step_dir = log_dir / f"step{index}-n{n}"
@@ -328,7 +331,9 @@ async def run(
     log_dir: Path,
     worker_cpus: set[int],
     harness_cpus: set[int],
+    *,
     cached_greetings: bool = True,
+    idle_processes: int | None = None,
 ) -> dict[str, Any]:
     """The ramp; with `cached_greetings`, every step's worker shares one greeting cache, filled
     by an unreported call first (a worker's steady state), else each call renders its own."""
@@ -349,6 +354,7 @@ async def run(
                     worker_cpus=worker_cpus,
                     harness_cpus=harness_cpus,
                     greetings=greetings,
+                    idle_processes=idle_processes,
                 )
             if index == "warm-up":
                 continue
@@ -359,6 +365,7 @@ async def run(
     return {
         "machine": {"cpus": os.cpu_count(), "worker_cpus": sorted(worker_cpus)},
         "greetings": "cached" if cached_greetings else "rendered",
+        "idle_processes": "calls" if idle_processes is None else idle_processes,
         "harness_cpus": sorted(harness_cpus),
         "steps": steps,
         "first_limit": first_limit(steps),
@@ -382,6 +389,12 @@ def main() -> None:
         default="cached",
         help="cached: the worker's greeting cache, filled first (the default); rendered: off",
     )
+    parser.add_argument(
+        "--idle-processes",
+        type=int,
+        default=None,
+        help="the worker's warm pool (WORKER_IDLE_PROCESSES); default: each step's calls",
+    )
     args = parser.parse_args()
     if not in_test_namespace():
         sys.exit(
@@ -394,7 +407,14 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     ramp = [int(n) for n in args.calls.split(",")]
     result = asyncio.run(
-        run(ramp, log_dir, args.worker_cpus, harness_cpus, args.greetings == "cached")
+        run(
+            ramp,
+            log_dir,
+            args.worker_cpus,
+            harness_cpus,
+            cached_greetings=args.greetings == "cached",
+            idle_processes=args.idle_processes,
+        )
     )
     print(json.dumps(result, indent=2))
 

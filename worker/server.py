@@ -194,7 +194,17 @@ class VoiceAgentServer(AgentServer):
 
     crash_guard: CrashGuard | None = None
     webhooks: WebhookSender | None = None
+    max_calls: int = 1
+    """`WORKER_MAX_CALLS`: what one call adds to the load (`VoiceWorker.load`)."""
     _delivering: asyncio.Task[None] | None = None
+
+    def _get_effective_load(self) -> float:
+        """The load with the dispatches accepted but not running yet, each one call of
+        `max_calls`, as `load` counts it once it runs. LiveKit 1.8.9 counts each as
+        `load_threshold / idle processes` while no call runs, so an idle worker declined every
+        dispatch of a burst past its idle pool: with one idle process, the second of two calls
+        dispatched at once was never served (`bench.capacity --idle-processes 1`)."""
+        return self._worker_load + self._reserved_slots / self.max_calls
 
     def start_webhooks(self) -> None:
         """Once started: the main process delivers the records the calls leave in the outbox."""
@@ -353,6 +363,7 @@ def create_server(worker: VoiceWorker) -> VoiceAgentServer:
     server.rtc_session(
         worker.entrypoint, agent_name=settings.agent_name, on_request=worker.on_request
     )
+    server.max_calls = settings.max_calls
     server.crash_guard = CrashGuard(on_dead_call=functools.partial(record_dead_call, worker))
     server.webhooks = webhook_sender(worker)
     check_recordings(worker)

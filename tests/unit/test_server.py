@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,23 @@ def test_the_server_is_configured_from_settings_and_agents(worker: VoiceWorker) 
     assert server._drain_timeout == 1200 + 60  # the longest example agent, plus the margin
     assert server._setup_fnc == worker.prewarm
     assert server._preload_modules == ["worker.server"]
+
+
+def test_dispatches_accepted_at_once_count_a_call_each_whatever_the_idle_pool(
+    worker: VoiceWorker,
+) -> None:
+    """An idle worker with one warm process takes a burst up to its call limit (LiveKit's own
+    estimate, threshold / idle processes a pending call, declined the second of two)."""
+    pooled = VoiceWorker(replace(worker.settings, idle_processes=1), worker.registry)
+    server = create_server(pooled)
+    assert server.max_calls == 4
+    # set when LiveKit runs: `start`, at rest, nothing reserved
+    server._devmode, server._worker_load, server._reserved_slots = False, 0.0, 0
+    answers = []
+    for _ in range(5):  # availability requests arriving before any job runs
+        answers.append(server._is_available())
+        server._reserved_slots += 1
+    assert answers == [True, True, True, True, False]
 
 
 def test_prewarm_loads_the_vad_and_the_tls_context_once_per_process_and_guards_logs(
